@@ -1,0 +1,1 @@
+"""Beam transforms, pipeline construction from a config, and the ``thresher`` CLI."""

@@ -1,0 +1,1 @@
+"""Arrow schemas, column names, config model, stats and manifest formats."""

@@ -1,0 +1,1 @@
+"""Framework-free scoring code: Arrow batches or texts in, columns out. No Beam import."""
