@@ -18,7 +18,8 @@ ORIGINAL_TEXT = "original_text"  # optional copy of the input text when a stage 
 SHARD = "__shard"   # int32 index of the input shard in the sorted shard list
 ROW = "__row"       # int64 row index inside the shard
 STAGE_IDX = "__stage"  # int16 index (in config order) of the stage that rejected the row
-INTERNAL = (SHARD, ROW, STAGE_IDX)
+CHARS_IN = "__chars_in"  # int64 characters of the input text (before any rewrite)
+INTERNAL = (SHARD, ROW, STAGE_IDX, CHARS_IN)
 
 # Reasons the engine itself assigns (stage name "input").
 INPUT_STAGE = "input"

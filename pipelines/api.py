@@ -1,0 +1,281 @@
+"""Python API, mirroring the config.
+
+    from pipelines.api import run
+    stats = run({"input": {"path": "data/*.parquet"}, "output": "out/",
+                 "stages": [{"name": "exact_dedup"}, {"name": "gopher_quality"}]})
+    stats["kept_rows"], stats["stages"][0]["rejected"]
+
+To compose thresher into your own Beam pipeline use
+``pipelines.transforms.CurateShards(plan(config))`` or ``ApplyStages``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional, Union
+
+import pyarrow.parquet as pq
+
+from pipelines import engine as E
+from pipelines import io
+from schemas import stats as S
+from schemas.config import Config, ConfigError, load_config_file, parse_config
+from schemas.documents import InputError
+
+LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "direct", "local"}
+
+
+class ReconciliationError(RuntimeError):
+    """kept + rejected rows do not add up to the input rows."""
+
+
+def load(config: Union[str, dict, Config], **overrides: Any) -> Config:
+    """Config from a YAML path, a dict or a Config, with ``input``/``output`` overrides."""
+    if isinstance(config, Config):
+        raw = config.to_dict()
+    elif isinstance(config, str):
+        raw = load_config_file(config)
+    elif config is None:
+        raw = {}
+    else:
+        raw = dict(config)
+    for key in ("input", "output"):
+        val = overrides.pop(key, None)
+        if val is not None:
+            cur = raw.get(key)
+            if isinstance(cur, dict):
+                cur = dict(cur)
+                cur["path"] = val
+                raw[key] = cur
+            else:
+                raw[key] = val
+    for key, val in overrides.items():
+        if val is not None:
+            raw[key] = val
+    return parse_config(raw)
+
+
+def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
+    """Validate the config and every shard's footer; no document is read yet."""
+    cfg = load(config, **overrides)
+    from pipelines.registry import build_stages
+    stages = build_stages(cfg.stages)        # parameter errors name the config key
+    names = [s.name for s in stages]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError("stages", f"stage {sorted(dup)[0]!r} appears twice; each stage may be used once "
+                                    f"(its score columns would collide)")
+    shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column)
+    return E.Plan(cfg.to_dict(), shards, cfg.fingerprint())
+
+
+def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    opts: dict[str, Any] = dict(cfg.pipeline_options)
+    runner = cfg.runner
+    if runner in LOCAL_RUNNERS:
+        # Beam's DirectRunner tries to download Prism first; pin the Python runner.
+        runner = "FnApiRunner"
+        opts.setdefault("direct_num_workers", max(1, min(os.cpu_count() or 1, 8)))
+        opts.setdefault("direct_running_mode",
+                        "multi_processing" if opts["direct_num_workers"] > 1 else "in_memory")
+        opts.setdefault("default_sdk_harness_log_level", "WARNING")
+    args = [f"--runner={runner}"]
+    for k, v in opts.items():
+        if isinstance(v, bool):
+            if v:
+                args.append(f"--{k}")
+        else:
+            args.append(f"--{k}={v}")
+    args.extend(extra_args or [])
+    return PipelineOptions(args)
+
+
+class Progress:
+    """Polls the manifests directory: shards done of total, documents per second."""
+
+    def __init__(self, p: E.Plan, stream=sys.stderr, interval: float = 1.0, enabled: bool = True):
+        self.p, self.stream, self.interval, self.enabled = p, stream, interval, enabled
+        self._stop = threading.Event()
+        self.t0 = time.time()
+        self._last = None
+
+    def _poll(self) -> tuple[int, int]:
+        names = {s.name for s in self.p.shards}
+        done = rows = 0
+        for path in io.list_dir(io.join(self.p.out, S.MANIFEST_DIR), ".json"):
+            name = os.path.basename(path)[:-5]
+            if name in names:
+                m = io.read_json(path) or {}
+                if m.get("fingerprint", "").startswith(self.p.fingerprint):
+                    done += 1
+                    rows += int(m.get("rows_in", 0))
+        return done, rows
+
+    def _print(self, final: bool = False) -> None:
+        try:
+            done, rows = self._poll()
+        except Exception:
+            return
+        state = (done, rows)
+        if state == self._last and not final:
+            return
+        self._last = state
+        dt = max(time.time() - self.t0, 1e-6)
+        self.stream.write(f"[thresher] shards {done}/{len(self.p.shards)} · {rows:,} docs · "
+                          f"{rows / dt:,.0f} docs/s · {dt:.1f}s\n")
+        self.stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._print()
+
+    def __enter__(self):
+        if self.enabled and not io.is_remote(self.p.out):
+            self.th = threading.Thread(target=self._loop, daemon=True)
+            self.th.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled and not io.is_remote(self.p.out):
+            self.th.join(timeout=2)
+
+
+def _check_output_dir(p: E.Plan, cfg: Config) -> None:
+    out = p.out
+    io.makedirs(out)
+    run_file = io.join(out, S.RUN_FILE)
+    prev = io.read_json(run_file)
+    if prev and prev.get("fingerprint") != p.fingerprint:
+        if not cfg.output.overwrite:
+            raise ConfigError("output.path", f"{out} holds the output of a run with a different config or input "
+                                             f"(fingerprint {prev.get('fingerprint')} != {p.fingerprint}); "
+                                             f"choose another directory or set output.overwrite: true (--overwrite)")
+        for d in (S.KEPT_DIR, S.REJECTED_DIR, S.MANIFEST_DIR, S.WORK_DIR, S.GLOBAL_DIR, S.STATS_FILE):
+            io.remove(io.join(out, d))
+    io.write_json(run_file, {"fingerprint": p.fingerprint, "config": p.config,
+                             "shards": [s.path for s in p.shards]})
+
+
+def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
+    """Build stats.json from the manifests and reconcile with the files on disk."""
+    cfg = p.cfg
+    from pipelines.registry import build_stages
+    stages = build_stages(cfg.stages)
+    manifests = []
+    for s in p.shards:
+        m = io.read_json(E.manifest_path(p.out, s))
+        if m is None:
+            raise ReconciliationError(f"shard {s.path} has no manifest: the run did not finish it")
+        manifests.append(m)
+    input_rows = sum(s.num_rows for s in p.shards)
+    reasons: dict[str, dict[str, int]] = {}
+    stage_seconds: dict[str, float] = {}
+    for m in manifests:
+        for r, v in m["reasons"].items():
+            acc = reasons.setdefault(r, {"docs": 0, "chars": 0})
+            acc["docs"] += v["docs"]
+            acc["chars"] += v["chars"]
+        for sid, sec in m.get("stage_seconds", {}).items():
+            stage_seconds[sid] = stage_seconds.get(sid, 0.0) + float(sec)
+    chars_in = sum(int(m["chars_in"]) for m in manifests)
+    # files on disk: the ground truth for reconciliation
+    kept_rows = rej_rows = 0
+    for s in p.shards:
+        for d in (S.KEPT_DIR, S.REJECTED_DIR):
+            path = io.join(p.out, d, s.name + ".parquet")
+            with io.open_read(path) as f:
+                n = pq.ParquetFile(f).metadata.num_rows
+            if d == S.KEPT_DIR:
+                kept_rows += n
+            else:
+                rej_rows += n
+    stage_rows = []
+    docs_in, ch_in = input_rows, chars_in
+
+    def take(prefix: str):
+        rs = {r: v for r, v in sorted(reasons.items()) if r.split(".", 1)[0] == prefix}
+        return rs, sum(v["docs"] for v in rs.values()), sum(v["chars"] for v in rs.values())
+
+    in_reasons, in_rej, in_chars = take("input")
+    stage_rows.append({"id": "input", "name": "input", "docs_in": docs_in, "rejected": in_rej,
+                       "kept": docs_in - in_rej, "chars_in": ch_in, "chars_rejected": in_chars,
+                       "seconds": round(stage_seconds.get("input", 0.0), 4), "reasons": in_reasons})
+    docs_in -= in_rej
+    ch_in -= in_chars
+    for st in stages:
+        rs, rej, rch = take(st.id)
+        sec = stage_seconds.get(st.id, 0.0)
+        g = io.read_json(io.join(p.out, S.GLOBAL_DIR, f"{st.id}.json")) if st.kind == "global" else None
+        row = {"id": st.id, "name": st.name, "kind": st.kind, "docs_in": docs_in, "rejected": rej,
+               "kept": docs_in - rej, "chars_in": ch_in, "chars_rejected": rch,
+               "seconds": round(sec + (g or {}).get("seconds", 0.0), 4), "reasons": rs}
+        if g:
+            row["global"] = {k: v for k, v in g.items() if k not in ("stage", "fingerprint")}
+        stage_rows.append(row)
+        docs_in -= rej
+        ch_in -= rch
+    total_rej = sum(v["docs"] for v in reasons.values())
+    manifest_kept = sum(int(m["kept"]) for m in manifests)
+    reconciled = (kept_rows + rej_rows == input_rows and manifest_kept == kept_rows
+                  and total_rej == rej_rows)
+    return {
+        "version": S.STATS_VERSION,
+        "config_fingerprint": p.fingerprint,
+        "config": p.config,
+        "shards": len(p.shards),
+        "input_rows": input_rows,
+        "kept_rows": kept_rows,
+        "rejected_rows": rej_rows,
+        "input_chars": chars_in,
+        "kept_chars": sum(int(m["kept_chars_out"]) for m in manifests),
+        "reconciled": reconciled,
+        "wall_seconds": round(wall_seconds, 3),
+        "docs_per_second": round(input_rows / wall_seconds, 1) if wall_seconds > 0 else None,
+        "stages": stage_rows,
+    }
+
+
+def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[list[str]] = None,
+        progress: bool = True, log: Callable[[str], None] = lambda s: None, **overrides: Any) -> dict:
+    """Run a thresher job; returns the stats dict (also written to ``stats.json``).
+
+    Raises ConfigError / InputError before any work for user mistakes, and
+    ReconciliationError when kept + rejected != input rows.
+    """
+    import apache_beam as beam
+    from pipelines.transforms import CurateShards
+
+    t0 = time.time()
+    p = plan(config, **overrides)
+    cfg = p.cfg
+    _check_output_dir(p, cfg)
+    done = all(E.is_done(E.manifest_path(p.out, s), E.shard_fingerprint(p, s)) for s in p.shards)
+    if done:
+        log(f"all {len(p.shards)} shards already complete in {p.out}; nothing to do")
+    else:
+        opts = pipeline_options(cfg, beam_args)
+        with Progress(p, enabled=progress):
+            with beam.Pipeline(options=opts) as bp:
+                _ = bp | "Thresher" >> CurateShards(p)
+    wall = time.time() - t0
+    stats = aggregate(p, wall)
+    prev = io.read_json(io.join(p.out, S.STATS_FILE))
+    if done and prev and prev.get("config_fingerprint") == p.fingerprint:
+        stats["wall_seconds"] = prev.get("wall_seconds", stats["wall_seconds"])
+        stats["docs_per_second"] = prev.get("docs_per_second", stats["docs_per_second"])
+    io.write_json(io.join(p.out, S.STATS_FILE), stats)
+    if not cfg.output.keep_work:
+        io.remove(io.join(p.out, S.WORK_DIR))
+    if not stats["reconciled"]:
+        raise ReconciliationError(
+            f"row counts do not reconcile: input {stats['input_rows']} != kept {stats['kept_rows']} + "
+            f"rejected {stats['rejected_rows']} (see {io.join(p.out, S.STATS_FILE)})")
+    return stats
+
+
+__all__ = ["run", "plan", "load", "aggregate", "ReconciliationError", "ConfigError", "InputError"]

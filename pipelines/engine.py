@@ -1,0 +1,550 @@
+"""The per-shard engine: read a shard as Arrow batches, run stages, write kept/rejected.
+
+This module holds the logic that the Beam DoFns call; it has no Beam import so
+the same code runs in a plain loop (benchmarks, tests) and in any Beam runner.
+
+Flow for one shard (no global stage)::
+
+    batches ─▶ sanitise text (null/empty/invalid UTF-8/too large → input.*)
+            ─▶ stage 1 … stage n (each sees only rows no earlier stage rejected)
+            ─▶ kept/<shard>.parquet + rejected/<shard>.parquet ─▶ _manifests/<shard>.json
+
+With global stages, phase 1 writes the processed rows to ``_work/`` plus a small
+key table per global stage; the global step turns keys into decisions; phase 2
+applies the decisions to the work rows and writes kept/rejected. Text never
+leaves the shard's own worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import io
+from pipelines.registry import build_stages
+from schemas import columns as C
+from schemas import stats as S
+from schemas.config import Config, parse_config
+from schemas.documents import InputError, output_schema
+from scorers.base import GlobalStage, LocalStage, Stage
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a worker needs, picklable: the config, the shards, the run fingerprint."""
+
+    config: dict[str, Any]
+    shards: list[io.Shard]
+    fingerprint: str
+
+    @property
+    def cfg(self) -> Config:
+        return parse_config(self.config)
+
+    @property
+    def out(self) -> str:
+        return self.config["output"]["path"]
+
+
+def shard_fingerprint(plan: Plan, shard: io.Shard) -> str:
+    return f"{plan.fingerprint}:{shard.fingerprint}"
+
+
+def manifest_path(out: str, shard: io.Shard) -> str:
+    return io.join(out, S.MANIFEST_DIR, shard.name + ".json")
+
+
+def p1_manifest_path(out: str, shard: io.Shard) -> str:
+    return io.join(out, S.WORK_DIR, shard.name + ".p1.json")
+
+
+def work_rows_path(out: str, shard: io.Shard) -> str:
+    return io.join(out, S.WORK_DIR, shard.name + ".rows.parquet")
+
+
+def work_keys_path(out: str, shard: io.Shard, stage_idx: int) -> str:
+    return io.join(out, S.WORK_DIR, f"{shard.name}.keys{stage_idx}.parquet")
+
+
+def is_done(path: str, fingerprint: str) -> bool:
+    try:
+        m = io.read_json(path)
+    except Exception:
+        return False
+    return bool(m) and m.get("fingerprint") == fingerprint
+
+
+def _positions(alive_idx: np.ndarray, n: int) -> pa.Array:
+    """Take-indices that scatter a length-m array back to length n (null elsewhere)."""
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[alive_idx] = np.arange(alive_idx.size, dtype=np.int64)
+    return pa.array(pos, mask=pos < 0)
+
+
+def _as_array(x) -> pa.Array:
+    if isinstance(x, pa.ChunkedArray):
+        return x.combine_chunks()
+    if isinstance(x, pa.Array):
+        return x
+    return pa.array(x)
+
+
+class ShardProcessor:
+    """Runs the configured stages over one shard at a time. One per worker."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.cfg = plan.cfg
+        self.stages: Optional[list[Stage]] = None
+
+    # -- setup -------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.stages is None:
+            self.stages = build_stages(self.cfg.stages)
+            for s in self.stages:
+                s.setup()
+
+    @property
+    def has_global(self) -> bool:
+        return any(s.kind == "global" for s in self.stages or build_stages(self.cfg.stages))
+
+    def stage_fields(self) -> list[pa.Field]:
+        fields: list[pa.Field] = []
+        seen = set()
+        for s in self.stages:
+            for f in s.fields():
+                if f.name not in seen:
+                    seen.add(f.name)
+                    fields.append(f)
+        return fields
+
+    def schemas(self, shard: io.Shard):
+        with io.open_read(shard.path) as f:
+            import pyarrow.parquet as pq
+            in_schema = pq.ParquetFile(f).schema_arrow
+        inp = self.cfg.input
+        keep_orig = False
+        sf = self.stage_fields()
+        kw = dict(input_schema=in_schema, text_column=inp.text_column, id_column=inp.id_column,
+                  stage_fields=sf, keep_original=keep_orig)
+        return (output_schema(rejected=False, **kw), output_schema(rejected=True, **kw),
+                output_schema(rejected=True, internal=True, **kw))
+
+    # -- one batch -----------------------------------------------------------------------
+    def sanitize(self, raw: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """Text as valid non-null UTF-8 strings, engine rejection reasons, input chars."""
+        n = len(raw)
+        reasons = np.full(n, None, dtype=object)
+        t = raw.type
+        if pa.types.is_null(t):
+            reasons[:] = C.R_NULL_TEXT
+            return pa.array([""] * n, pa.string()), reasons, np.zeros(n, np.int64)
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            try:
+                text = raw.cast(pa.large_string() if pa.types.is_large_binary(t) else pa.string())
+                text.validate(full=True)
+            except (pa.ArrowInvalid, UnicodeDecodeError):
+                vals = raw.to_pylist()
+                out = []
+                for i, v in enumerate(vals):
+                    if v is None:
+                        out.append(None)
+                        continue
+                    try:
+                        out.append(v.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        reasons[i] = C.R_INVALID_UTF8
+                        out.append("")
+                text = pa.array(out, pa.string())
+        else:
+            text = raw
+            try:
+                text.validate(full=True)
+            except pa.ArrowInvalid:
+                # invalid UTF-8 inside a string column: find the rows at fault
+                vals = pa.Array.from_buffers(pa.binary() if t == pa.string() else pa.large_binary(),
+                                             len(raw), raw.buffers(), raw.null_count, raw.offset).to_pylist()
+                out = []
+                for i, v in enumerate(vals):
+                    if v is None:
+                        out.append(None)
+                        continue
+                    try:
+                        out.append(v.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        reasons[i] = C.R_INVALID_UTF8
+                        out.append("")
+                text = pa.array(out, pa.string())
+        if text.type == pa.large_string() and (pc.sum(pc.binary_length(text)).as_py() or 0) < 2**31 - 1:
+            text = text.cast(pa.string())
+        nulls = text.is_null().to_numpy(zero_copy_only=False)
+        reasons[nulls & (reasons == None)] = C.R_NULL_TEXT  # noqa: E711
+        text = pc.fill_null(text, "")
+        nbytes = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+        too_large = nbytes > self.cfg.input.max_text_bytes
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0).to_numpy(zero_copy_only=False)
+        free = reasons == None  # noqa: E711
+        reasons[free & too_large] = C.R_TOO_LARGE
+        free = reasons == None  # noqa: E711
+        reasons[free & empty] = C.R_EMPTY_TEXT
+        chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+        return text, reasons, chars
+
+    def ids_for(self, shard: io.Shard, table: pa.Table, row0: int) -> pa.Array:
+        n = table.num_rows
+        rows = pa.array(np.arange(row0, row0 + n, dtype=np.int64)).cast(pa.string())
+        derived = pc.binary_join_element_wise(pa.scalar(shard.rel), rows, ":")
+        idc = self.cfg.input.id_column
+        if idc is None:
+            return derived
+        ids = _as_array(table[idc]).cast(pa.string())
+        return pc.if_else(ids.is_null(), derived, ids)
+
+    def run_batch(self, shard: io.Shard, batch: pa.RecordBatch, row0: int, timers: dict[str, float],
+                  keys_out: Optional[dict[int, list[pa.Table]]] = None):
+        """Process one batch. Returns (table with text replaced and score columns,
+        reasons (object ndarray), stage index of the rejection (int16), input chars)."""
+        inp = self.cfg.input
+        table = pa.Table.from_batches([batch])
+        n = table.num_rows
+        t0 = time.perf_counter()
+        ids = self.ids_for(shard, table, row0)
+        text, reasons, chars_in = self.sanitize(_as_array(table[inp.text_column]))
+        stage_of = np.full(n, -1, dtype=np.int16)
+        # the working table: input columns with clean text, plus ids and score columns
+        ti = table.schema.get_field_index(inp.text_column)
+        table = table.set_column(ti, pa.field(inp.text_column, text.type), text)
+        idname = inp.id_column or C.ID
+        if inp.id_column is None:
+            table = table.append_column(pa.field(C.ID, C.ID_TYPE), ids)
+        else:
+            table = table.set_column(table.schema.get_field_index(idname), pa.field(idname, C.ID_TYPE), ids)
+        timers["input"] = timers.get("input", 0.0) + time.perf_counter() - t0
+
+        for k, stage in enumerate(self.stages):
+            t0 = time.perf_counter()
+            alive = reasons == None  # noqa: E711
+            alive_idx = np.flatnonzero(alive)
+            full = alive_idx.size == n
+            if full:
+                sub, sub_text, sub_ids = table, text, ids
+            else:
+                take = pa.array(alive_idx)
+                sub = table.take(take)
+                sub_text = _as_array(sub[inp.text_column])
+                sub_ids = _as_array(sub[idname])
+            new_cols: dict[str, pa.Array] = {}
+            if isinstance(stage, LocalStage):
+                if alive_idx.size:
+                    out = stage.process(sub_text, sub)
+                else:
+                    out = None
+                if out is not None:
+                    new_cols = dict(out.columns)
+                    if out.reasons is not None:
+                        r = _as_array(out.reasons).to_numpy(zero_copy_only=False)
+                        hit = np.flatnonzero(pd_notnull(r))
+                        if hit.size:
+                            rows = alive_idx[hit]
+                            reasons[rows] = r[hit]
+                            stage_of[rows] = k
+                    if out.text is not None:
+                        newt = _as_array(out.text)
+                        if full:
+                            text = newt
+                        else:
+                            text = pc.if_else(pa.array(alive), newt.take(_positions(alive_idx, n)), text)
+                        table = table.set_column(ti, pa.field(inp.text_column, text.type), text)
+            elif isinstance(stage, GlobalStage):
+                keys = stage.keys(sub_text, sub, sub_ids) if alive_idx.size else None
+                if keys is not None:
+                    fieldnames = {f.name for f in stage.fields()}
+                    for name in keys.column_names:
+                        if name in fieldnames:
+                            new_cols[name] = _as_array(keys[name])
+                    keys = keys.append_column(C.SHARD, pa.array(np.full(keys.num_rows, shard.index, np.int32)))
+                    keys = keys.append_column(C.ROW, pa.array(alive_idx.astype(np.int64) + row0))
+                    if keys_out is not None:
+                        keys_out.setdefault(k, []).append(keys)
+            # attach this stage's declared columns (null for rows it did not see)
+            pos = None if full else _positions(alive_idx, n)
+            for f in stage.fields():
+                if f.name in new_cols:
+                    col = _as_array(new_cols[f.name])
+                    if col.type != f.type:
+                        col = col.cast(f.type)
+                    if pos is not None:
+                        col = col.take(pos)
+                else:
+                    col = pa.nulls(n, f.type)
+                if f.name in table.column_names:
+                    table = table.set_column(table.schema.get_field_index(f.name), f, col)
+                else:
+                    table = table.append_column(f, col)
+            timers[stage.id] = timers.get(stage.id, 0.0) + time.perf_counter() - t0
+        return table, reasons, stage_of, chars_in
+
+    # -- whole shard, single phase ------------------------------------------------------
+    def _count(self, manifest: dict, reasons: np.ndarray, chars_in: np.ndarray,
+               kept_chars_out: int) -> None:
+        rej = reasons != None  # noqa: E711
+        manifest["rows_in"] += int(reasons.size)
+        manifest["chars_in"] += int(chars_in.sum())
+        manifest["kept"] += int((~rej).sum())
+        manifest["rejected"] += int(rej.sum())
+        manifest["kept_chars_out"] += int(kept_chars_out)
+        if rej.any():
+            r = reasons[rej].astype(str)
+            u, inv = np.unique(r, return_inverse=True)
+            docs = np.bincount(inv)
+            chars = np.bincount(inv, weights=chars_in[rej])
+            for name, d, c in zip(u, docs, chars):
+                S.add_reason(manifest, str(name), int(d), int(c))
+
+    def _split_write(self, table: pa.Table, reasons: np.ndarray, dups: Optional[pa.Array],
+                     kept_w: io.ParquetOut, rej_w: io.ParquetOut) -> int:
+        rej = reasons != None  # noqa: E711
+        text_col = self.cfg.input.text_column
+        kept_chars = 0
+        if (~rej).any():
+            kt = table.filter(pa.array(~rej)) if rej.any() else table
+            kept_chars = int(pc.sum(pc.utf8_length(kt[text_col])).as_py() or 0)
+            kept_w.write(kt)
+        if rej.any():
+            rt = table.filter(pa.array(rej))
+            rr = pa.array(reasons[rej], pa.string())
+            dd = dups.filter(pa.array(rej)) if dups is not None else pa.nulls(len(rr), C.ID_TYPE)
+            rt = rt.append_column(pa.field(C.REASON, C.REASON_TYPE), rr)
+            rt = rt.append_column(pa.field(C.DUPLICATE_OF, C.ID_TYPE), dd)
+            rej_w.write(rt)
+        return kept_chars
+
+    def _writers(self, shard: io.Shard):
+        kept_s, rej_s, work_s = self.schemas(shard)
+        out = self.plan.out
+        comp = self.cfg.output.compression
+        kept_w = io.ParquetOut(io.join(out, S.KEPT_DIR, shard.name + ".parquet"), kept_s, comp)
+        rej_w = io.ParquetOut(io.join(out, S.REJECTED_DIR, shard.name + ".parquet"), rej_s, comp)
+        return kept_w, rej_w, work_s
+
+    def process_shard(self, shard: io.Shard) -> dict:
+        """Single-phase run (no global stage): read, stages, write, manifest."""
+        self.setup()
+        t_start = time.perf_counter()
+        fp = shard_fingerprint(self.plan, shard)
+        manifest = S.empty_manifest(shard.name, shard.path, fp)
+        kept_w, rej_w, _ = self._writers(shard)
+        timers: dict[str, float] = {}
+        row0 = 0
+        try:
+            for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
+                table, reasons, _, chars_in = self.run_batch(shard, batch, row0, timers)
+                kc = self._split_write(table, reasons, None, kept_w, rej_w)
+                self._count(manifest, reasons, chars_in, kc)
+                row0 += batch.num_rows
+            kept_w.commit()
+            rej_w.commit()
+        except BaseException:
+            kept_w.abort()
+            rej_w.abort()
+            raise
+        manifest["files"] = {"kept": f"{S.KEPT_DIR}/{shard.name}.parquet",
+                             "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
+        manifest["stage_seconds"] = timers
+        manifest["seconds"] = time.perf_counter() - t_start
+        io.write_json(manifest_path(self.plan.out, shard), manifest)
+        return manifest
+
+    # -- two phases (global stages) -----------------------------------------------------
+    def phase1(self, shard: io.Shard) -> dict[int, str]:
+        """Process local stages and extract global keys; write work rows and key files.
+
+        Returns {global stage index: key file path}."""
+        self.setup()
+        out = self.plan.out
+        fp = shard_fingerprint(self.plan, shard)
+        gidx = [k for k, s in enumerate(self.stages) if s.kind == "global"]
+        key_paths = {k: work_keys_path(out, shard, k) for k in gidx}
+        if is_done(p1_manifest_path(out, shard), fp) or is_done(manifest_path(out, shard), fp):
+            return key_paths
+        _, _, work_s = self.schemas(shard)
+        rows_w = io.ParquetOut(work_rows_path(out, shard), work_s, "zstd")
+        timers: dict[str, float] = {}
+        keys_acc: dict[int, list[pa.Table]] = {}
+        row0 = 0
+        t_start = time.perf_counter()
+        chars_total = 0
+        try:
+            for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
+                table, reasons, stage_of, chars_in = self.run_batch(shard, batch, row0, timers, keys_acc)
+                n = table.num_rows
+                table = table.append_column(pa.field(C.REASON, C.REASON_TYPE), pa.array(reasons, pa.string()))
+                table = table.append_column(pa.field(C.DUPLICATE_OF, C.ID_TYPE), pa.nulls(n, C.ID_TYPE))
+                table = table.append_column(pa.field(C.ROW, pa.int64()),
+                                            pa.array(np.arange(row0, row0 + n, dtype=np.int64)))
+                table = table.append_column(pa.field(C.STAGE_IDX, pa.int16()), pa.array(stage_of))
+                table = table.append_column(pa.field(C.CHARS_IN, pa.int64()), pa.array(chars_in))
+                rows_w.write(table)
+                chars_total += int(chars_in.sum())
+                row0 += n
+            rows_w.commit()
+        except BaseException:
+            rows_w.abort()
+            raise
+        for k in gidx:
+            parts = keys_acc.get(k, [])
+            t = pa.concat_tables(parts, promote_options="permissive") if parts else None
+            if t is None:
+                t = self._empty_keys(shard, k)
+            w = io.ParquetOut(key_paths[k], t.schema, "zstd")
+            try:
+                w.write(t)
+                w.commit()
+            except BaseException:
+                w.abort()
+                raise
+        io.write_json(p1_manifest_path(out, shard), {
+            "fingerprint": fp, "rows": row0, "chars_in": chars_total, "stage_seconds": timers,
+            "seconds": time.perf_counter() - t_start})
+        return key_paths
+
+    def _empty_keys(self, shard: io.Shard, k: int) -> pa.Table:
+        """Key schema of a shard with no surviving rows: run keys() on an empty batch."""
+        stage = self.stages[k]
+        inp = self.cfg.input
+        try:
+            empty = stage.keys(pa.array([], pa.string()), pa.table({inp.text_column: pa.array([], pa.string())}),
+                               pa.array([], pa.string()))
+        except Exception:
+            empty = pa.table({})
+        empty = empty.append_column(C.SHARD, pa.array([], pa.int32()))
+        return empty.append_column(C.ROW, pa.array([], pa.int64()))
+
+    def phase2(self, shard: io.Shard, decisions: list[tuple[int, pa.Table]]) -> dict:
+        """Apply global decisions to the work rows of a shard and write kept/rejected."""
+        self.setup()
+        out = self.plan.out
+        fp = shard_fingerprint(self.plan, shard)
+        mpath = manifest_path(out, shard)
+        if is_done(mpath, fp):
+            return io.read_json(mpath)
+        p1 = io.read_json(p1_manifest_path(out, shard)) or {}
+        t_start = time.perf_counter()
+        manifest = S.empty_manifest(shard.name, shard.path, fp)
+        kept_w, rej_w, _ = self._writers(shard)
+        decs = []
+        for k, t in sorted(decisions, key=lambda kv: kv[0]):
+            if t.num_rows == 0:
+                continue
+            order = pc.sort_indices(t[C.ROW])
+            t = t.take(order)
+            decs.append((k, t, t[C.ROW].to_numpy()))
+        text_col = self.cfg.input.text_column
+        try:
+            for batch in io.iter_batches(work_rows_path(out, shard), self.cfg.input.batch_rows):
+                table = pa.Table.from_batches([batch])
+                rows = table[C.ROW].to_numpy()
+                reasons = table[C.REASON].to_numpy(zero_copy_only=False).astype(object)
+                stage_of = table[C.STAGE_IDX].to_numpy().copy()
+                dups = _as_array(table[C.DUPLICATE_OF])
+                for k, dt, drows in decs:
+                    lo, hi = np.searchsorted(drows, [rows[0], rows[-1] + 1]) if rows.size else (0, 0)
+                    if hi <= lo:
+                        continue
+                    seg = dt.slice(lo, hi - lo)
+                    pos_in_batch = np.searchsorted(rows, drows[lo:hi])
+                    src = np.full(rows.size, -1, np.int64)
+                    src[pos_in_batch] = np.arange(hi - lo)
+                    idx = pa.array(src, mask=src < 0)
+                    has = src >= 0
+                    # annotations
+                    for f in self.stages[k].fields():
+                        if f.name in seg.column_names:
+                            new = _as_array(seg[f.name]).cast(f.type).take(idx)
+                            old = _as_array(table[f.name])
+                            merged = pc.if_else(pc.is_valid(new), new, old)
+                            table = table.set_column(table.schema.get_field_index(f.name), f, merged)
+                    if C.REASON in seg.column_names:
+                        dr = _as_array(seg[C.REASON]).take(idx).to_numpy(zero_copy_only=False)
+                        win = has & pd_notnull(dr) & ((stage_of < 0) | (stage_of > k))
+                        if win.any():
+                            reasons[win] = dr[win]
+                            stage_of[win] = k
+                            if C.DUPLICATE_OF in seg.column_names:
+                                dd = _as_array(seg[C.DUPLICATE_OF]).cast(C.ID_TYPE).take(idx)
+                                dups = pc.if_else(pa.array(win), dd, dups)
+                chars_in = table[C.CHARS_IN].to_numpy().astype(np.int64)
+                base = table.drop_columns([C.REASON, C.DUPLICATE_OF, C.ROW, C.STAGE_IDX, C.CHARS_IN])
+                kc = self._split_write(base, reasons, dups, kept_w, rej_w)
+                self._count(manifest, reasons, chars_in, kc)
+            kept_w.commit()
+            rej_w.commit()
+        except BaseException:
+            kept_w.abort()
+            rej_w.abort()
+            raise
+        manifest["files"] = {"kept": f"{S.KEPT_DIR}/{shard.name}.parquet",
+                             "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
+        manifest["stage_seconds"] = dict(p1.get("stage_seconds", {}))
+        manifest["stage_seconds"]["apply_decisions"] = time.perf_counter() - t_start
+        manifest["seconds"] = float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start
+        io.write_json(mpath, manifest)
+        return manifest
+
+
+def pd_notnull(a: np.ndarray) -> np.ndarray:
+    """Element-wise 'is not None' for an object ndarray."""
+    return a != None  # noqa: E711
+
+
+# -- global compute ----------------------------------------------------------------------
+
+def read_keys(paths: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+    tables = []
+    for p in sorted(paths):
+        with io.open_read(p) as f:
+            tables.append(pq.read_table(f))
+    tables = [t for t in tables if t.num_columns]
+    if not tables:
+        return pa.table({C.SHARD: pa.array([], pa.int32()), C.ROW: pa.array([], pa.int64())})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def exclude_rejected(keys: pa.Table, prior: list[pa.Table]) -> pa.Table:
+    """Drop key rows that an earlier global stage rejected."""
+    if not prior or keys.num_rows == 0:
+        return keys
+    refs = []
+    for d in prior:
+        if d.num_rows and C.REASON in d.column_names:
+            d = d.filter(pc.is_valid(d[C.REASON]))
+            refs.append((d[C.SHARD].to_numpy().astype(np.int64) << 40) | d[C.ROW].to_numpy().astype(np.int64))
+    if not refs:
+        return keys
+    bad = np.unique(np.concatenate(refs))
+    mine = (keys[C.SHARD].to_numpy().astype(np.int64) << 40) | keys[C.ROW].to_numpy().astype(np.int64)
+    keep = ~np.isin(mine, bad)
+    return keys.filter(pa.array(keep)) if not keep.all() else keys
+
+
+def compute_global(plan: Plan, k: int, key_paths: list[str], prior: list[pa.Table]) -> tuple[int, pa.Table]:
+    """Default global step: gather all keys of stage k on one worker and decide."""
+    cfg = plan.cfg
+    stage = build_stages([cfg.stages[k]])[0]
+    stage.setup()
+    t0 = time.perf_counter()
+    keys = exclude_rejected(read_keys(key_paths), prior)
+    dec = stage.compute(keys)
+    seconds = time.perf_counter() - t0
+    extra = getattr(stage, "compute_stats", None) or {}
+    io.write_json(io.join(plan.out, S.GLOBAL_DIR, f"{stage.id}.json"), {
+        "stage": stage.id, "fingerprint": plan.fingerprint, "keys": keys.num_rows,
+        "decisions": dec.num_rows,
+        "rejected": int(pc.sum(pc.is_valid(dec[C.REASON])).as_py() or 0) if C.REASON in dec.column_names else 0,
+        "seconds": seconds, **extra})
+    return k, dec

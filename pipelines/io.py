@@ -1,0 +1,280 @@
+"""File access for shards, outputs and manifests.
+
+Local paths use the OS directly (memory-mapped Parquet reads, atomic
+``os.replace``). Anything with a scheme (``gs://``, ``s3://``, ...) goes through
+Beam's ``FileSystems``, so every filesystem Beam supports works.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+import json
+import os
+import uuid
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.documents import InputError
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def join(*parts: str) -> str:
+    if is_remote(parts[0]):
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.join(*parts)
+    return os.path.join(*parts)
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.exists(path)
+    return os.path.exists(_local(path))
+
+
+def makedirs(path: str) -> None:
+    if not is_remote(path):
+        os.makedirs(_local(path), exist_ok=True)
+
+
+def list_dir(path: str, suffix: str = "") -> list[str]:
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+        res = FileSystems.match([join(path, "*" + suffix)])[0]
+        return sorted(m.path for m in res.metadata_list)
+    p = _local(path)
+    if not os.path.isdir(p):
+        return []
+    return sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(suffix) and not f.startswith(".tmp-"))
+
+
+def remove(path: str) -> None:
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        return
+    p = _local(path)
+    if os.path.isdir(p):
+        import shutil
+        shutil.rmtree(p, ignore_errors=True)
+    elif os.path.exists(p):
+        os.remove(p)
+
+
+def open_read(path: str):
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.open(path)
+    return open(_local(path), "rb")
+
+
+def _tmp_name(path: str) -> str:
+    d, base = os.path.split(path) if not is_remote(path) else path.rsplit("/", 1)
+    return (os.path.join(d, f".tmp-{uuid.uuid4().hex[:8]}-{base}") if not is_remote(path)
+            else f"{d}/.tmp-{uuid.uuid4().hex[:8]}-{base}")
+
+
+def rename(src: str, dst: str) -> None:
+    if is_remote(src):
+        from apache_beam.io.filesystems import FileSystems
+        if FileSystems.exists(dst):
+            FileSystems.delete([dst])
+        FileSystems.rename([src], [dst])
+    else:
+        os.replace(_local(src), _local(dst))
+
+
+class AtomicWriter:
+    """Write to a temporary name in the target directory; rename on ``commit``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = _tmp_name(path)
+        if is_remote(path):
+            from apache_beam.io.filesystems import FileSystems
+            self.f = FileSystems.create(self.tmp)
+        else:
+            os.makedirs(os.path.dirname(_local(path)) or ".", exist_ok=True)
+            self.f = open(_local(self.tmp), "wb")
+
+    def commit(self) -> None:
+        self.f.close()
+        rename(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            try:
+                remove(self.tmp)
+            except OSError:
+                pass
+
+
+def write_json(path: str, obj: Any) -> None:
+    w = AtomicWriter(path)
+    try:
+        w.f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def read_json(path: str) -> Optional[dict]:
+    if not exists(path):
+        return None
+    with open_read(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+class ParquetOut:
+    """An atomically written Parquet file with a fixed schema."""
+
+    def __init__(self, path: str, schema: pa.Schema, compression: str = "zstd"):
+        self.path = path
+        self.schema = schema
+        self.w = AtomicWriter(path)
+        comp = None if compression == "none" else compression
+        self.pw = pq.ParquetWriter(self.w.f, schema, compression=comp)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.pw.write_table(table.select(self.schema.names).cast(self.schema), row_group_size=64 * 1024)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        self.pw.close()
+        self.w.commit()
+
+    def abort(self) -> None:
+        try:
+            self.pw.close()
+        except Exception:
+            pass
+        self.w.abort()
+
+
+# --- shard discovery -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    index: int          # position in the sorted shard list
+    path: str           # full path / URI
+    rel: str            # path relative to the input base (used for derived ids)
+    name: str           # output file stem, unique per run
+    num_rows: int
+    size: int
+    fingerprint: str    # cheap identity of the input file (size, rows, schema)
+
+
+def _base_of(pattern: str) -> str:
+    """The directory part of a glob pattern before the first wildcard."""
+    cut = min([i for i, ch in enumerate(pattern) if ch in "*?["] + [len(pattern)])
+    head = pattern[:cut]
+    return head if head.endswith("/") else (head.rsplit("/", 1)[0] + "/" if "/" in head else "")
+
+
+def discover(pattern: str) -> list[str]:
+    """Expand a file, directory or glob into a sorted list of Parquet files."""
+    if is_remote(pattern):
+        from apache_beam.io.filesystems import FileSystems
+        pat = pattern
+        if not any(ch in pattern for ch in "*?["):
+            if pattern.endswith(".parquet"):
+                pat = pattern
+            else:
+                pat = pattern.rstrip("/") + "/*.parquet"
+        res = FileSystems.match([pat])[0]
+        return sorted(m.path for m in res.metadata_list)
+    p = _local(pattern)
+    if os.path.isdir(p):
+        files = [os.path.join(dp, f) for dp, _, fs in os.walk(p) for f in fs if f.endswith(".parquet")]
+        files = [f for f in files if not any(part.startswith(("_", ".")) for part in
+                                             os.path.relpath(f, p).split(os.sep))]
+    elif any(ch in p for ch in "*?["):
+        files = [f for f in _glob.glob(p, recursive=True) if os.path.isfile(f)]
+    elif os.path.isfile(p):
+        files = [p]
+    else:
+        raise InputError(f"input {pattern!r} does not exist")
+    return sorted(os.path.abspath(f) for f in files)
+
+
+def _stem(rel: str) -> str:
+    s = rel[:-8] if rel.endswith(".parquet") else rel
+    return s.replace("/", "__").replace(os.sep, "__").lstrip(".") or "shard"
+
+
+def describe_shards(pattern: str, text_column: str, id_column: Optional[str]) -> list[Shard]:
+    """Discover shards and check every footer before work starts (clear errors)."""
+    from schemas.documents import check_input_schema
+    import hashlib
+
+    paths = discover(pattern)
+    if not paths:
+        raise InputError(f"input {pattern!r} matched no Parquet files")
+    if is_remote(pattern):
+        base = _base_of(pattern) if any(ch in pattern for ch in "*?[") else pattern.rstrip("/") + "/"
+    else:
+        lp = _local(pattern)
+        base = (lp.rstrip("/") + "/") if os.path.isdir(lp) else _base_of(os.path.abspath(lp)) \
+            if any(ch in lp for ch in "*?[") else os.path.dirname(os.path.abspath(lp)) + "/"
+        base = os.path.abspath(base) + "/"
+    shards: list[Shard] = []
+    names: set[str] = set()
+    for i, path in enumerate(paths):
+        rel = path[len(base):] if path.startswith(base) else os.path.basename(path)
+        try:
+            with open_read(path) as f:
+                pf = pq.ParquetFile(f)
+                schema = pf.schema_arrow
+                num_rows = pf.metadata.num_rows
+                size = pf.metadata.serialized_size
+        except InputError:
+            raise
+        except Exception as e:  # corrupt / truncated / not Parquet
+            raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        check_input_schema(schema, path, text_column, id_column)
+        try:
+            fsize = os.path.getsize(_local(path)) if not is_remote(path) else 0
+        except OSError:
+            fsize = 0
+        fp = hashlib.sha256(f"{fsize}|{num_rows}|{size}|{schema}".encode()).hexdigest()[:16]
+        name = _stem(rel)
+        k = 1
+        while name in names:
+            k += 1
+            name = f"{_stem(rel)}-{k}"
+        names.add(name)
+        shards.append(Shard(index=i, path=path, rel=rel, name=name, num_rows=num_rows, size=fsize,
+                            fingerprint=fp))
+    return shards
+
+
+def iter_batches(path: str, batch_rows: int, columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+    """Yield record batches; errors name the file and the row group at fault."""
+    if is_remote(path):
+        f = open_read(path)
+        pf = pq.ParquetFile(f)
+    else:
+        pf = pq.ParquetFile(_local(path), memory_map=True)
+    for rg in range(pf.num_row_groups):
+        try:
+            t = pf.read_row_group(rg, columns=columns)
+        except Exception as e:
+            raise InputError(f"{path}: row group {rg} cannot be read ({type(e).__name__}: {e})") from None
+        for b in t.to_batches(max_chunksize=batch_rows):
+            yield b

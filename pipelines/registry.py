@@ -1,0 +1,50 @@
+"""The stage table: stage name -> class. Adding a stage = one line here."""
+from __future__ import annotations
+
+import importlib
+from typing import Type
+
+from schemas.config import ConfigError, StageSpec
+from scorers.base import ParamError, Stage
+
+# module path, class name. Modules are imported lazily so a heavy optional
+# dependency only costs when its stage is used.
+_TABLE: dict[str, tuple[str, str]] = {
+    "length": ("scorers.basic", "Length"),
+    "exact_dedup": ("scorers.basic", "ExactDedup"),
+}
+
+
+def register(name: str, module: str, cls: str) -> None:
+    _TABLE[name] = (module, cls)
+
+
+def names() -> list[str]:
+    return sorted(_TABLE)
+
+
+def stage_class(name: str, key: str = "") -> Type[Stage]:
+    if name not in _TABLE:
+        import difflib
+        near = difflib.get_close_matches(name, list(_TABLE), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(key or "stages", f"unknown stage {name!r}{hint}; known stages: {', '.join(names())}")
+    module, cls = _TABLE[name]
+    mod = importlib.import_module(module)
+    # importing the stage's schema module registers its columns
+    return getattr(mod, cls)
+
+
+def build_stage(spec: StageSpec) -> Stage:
+    key = f"stages[{spec.index}]"
+    cls = stage_class(spec.name, f"{key}.name")
+    try:
+        stage = cls(**spec.params)
+    except ParamError as e:
+        raise ConfigError(f"{key}.{e.key}", e.message) from None
+    stage.id = spec.id
+    return stage
+
+
+def build_stages(specs: list[StageSpec]) -> list[Stage]:
+    return [build_stage(s) for s in specs]

@@ -1,0 +1,171 @@
+"""Beam composite transforms.
+
+- :class:`CurateShards` — the whole curation job as one PTransform over the
+  plan's shards (PBegin → PCollection of shard manifests). ``thresher run`` uses it.
+- :class:`ApplyStages` — local stages over a PCollection of ``pa.Table`` batches,
+  for users who bring their own Beam reading and writing.
+
+Only shard descriptors, key-file paths and small decision tables cross a
+shuffle; document text stays inside the worker that reads its shard.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+
+from pipelines import engine as E
+from pipelines import io
+from schemas import columns as C
+
+
+class _ShardDoFn(beam.DoFn):
+    def __init__(self, plan: E.Plan):
+        self.plan = plan
+        self.proc: Optional[E.ShardProcessor] = None
+
+    def setup(self):
+        self.proc = E.ShardProcessor(self.plan)
+        self.proc.setup()
+
+
+class ProcessShard(_ShardDoFn):
+    """Single-phase: one shard in, its manifest out (outputs written by the worker)."""
+
+    def process(self, shard: io.Shard):
+        fp = E.shard_fingerprint(self.plan, shard)
+        mpath = E.manifest_path(self.plan.out, shard)
+        if E.is_done(mpath, fp):
+            yield io.read_json(mpath)
+            return
+        yield self.proc.process_shard(shard)
+
+
+class Phase1(_ShardDoFn):
+    """Local stages + key extraction. Emits (global stage index, key file path)."""
+
+    def process(self, shard: io.Shard):
+        for k, path in self.proc.phase1(shard).items():
+            yield (k, path)
+
+
+class Phase2(_ShardDoFn):
+    def process(self, element):
+        _, grouped = element
+        shards = list(grouped["shard"])
+        decisions = list(grouped["dec"])
+        for shard in shards:
+            yield self.proc.phase2(shard, decisions)
+
+
+def _split_by_shard(kd):
+    k, dec = kd
+    if dec.num_rows == 0:
+        return
+    import numpy as np
+    import pyarrow.compute as pc
+    order = pc.sort_indices(dec[C.SHARD])
+    dec = dec.take(order)
+    sh = dec[C.SHARD].to_numpy()
+    cuts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1], True])
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        yield int(sh[a]), (k, dec.slice(a, b - a))
+
+
+def _gather_compute(plan: E.Plan, k: int):
+    def fn(paths, *prior):
+        return E.compute_global(plan, k, list(paths), [d for _, d in prior])
+    return fn
+
+
+# Stage name -> builder of a distributed global step:
+# builder(plan, k, key_paths_pcoll, prior_decision_pcolls) -> PCollection of one (k, table)
+DISTRIBUTED_COMPUTE: dict[str, Any] = {}
+
+
+class CurateShards(beam.PTransform):
+    """The thresher job: shards → outputs + manifests (PBegin → PCollection[dict])."""
+
+    def __init__(self, plan: E.Plan):
+        super().__init__()
+        self.plan = plan
+
+    def expand(self, pbegin):
+        plan = self.plan
+        cfg = plan.cfg
+        from pipelines.registry import build_stages
+        stages = build_stages(cfg.stages)
+        shards = (pbegin
+                  | "Shards" >> beam.Create(plan.shards)
+                  | "Spread" >> beam.Reshuffle())
+        gidx = [k for k, s in enumerate(stages) if s.kind == "global"]
+        if not gidx:
+            return shards | "Curate" >> beam.ParDo(ProcessShard(plan))
+
+        keys = shards | "LocalStagesAndKeys" >> beam.ParDo(Phase1(plan))
+        decisions = []
+        for k in gidx:
+            stage = stages[k]
+            paths = keys | f"KeysOf[{stage.id}]" >> beam.Filter(lambda kv, k=k: kv[0] == k) \
+                | f"Path[{stage.id}]" >> beam.Map(lambda kv: kv[1])
+            mode = stage.config.get("components", stage.config.get("compute", "local")) \
+                if hasattr(stage, "config") else "local"
+            builder = DISTRIBUTED_COMPUTE.get(stage.name)
+            if builder is not None and mode in ("star", "distributed"):
+                dec = builder(plan, k, paths, decisions)
+            else:
+                gathered = paths | f"Gather[{stage.id}]" >> beam.combiners.ToList()
+                side = [beam.pvalue.AsSingleton(d) for d in decisions]
+                dec = gathered | f"Decide[{stage.id}]" >> beam.Map(_gather_compute(plan, k), *side)
+            decisions.append(dec)
+        all_dec = (tuple(decisions) | "AllDecisions" >> beam.Flatten()
+                   | "ByShard" >> beam.FlatMap(_split_by_shard))
+        by_shard = shards | "ShardKey" >> beam.Map(lambda s: (s.index, s))
+        return ({"shard": by_shard, "dec": all_dec}
+                | "JoinDecisions" >> beam.CoGroupByKey()
+                | "ApplyAndWrite" >> beam.ParDo(Phase2(plan)))
+
+
+class ApplyStages(beam.PTransform):
+    """Local stages over ``pa.Table`` batches: adds score columns and ``reason``.
+
+    Rows are not dropped here: ``reason`` is null for rows every stage kept. Use
+    e.g. ``| beam.Map(lambda t: t.filter(pc.is_null(t['reason'])))`` to keep only
+    survivors. Global stages are not allowed (they need :class:`CurateShards`).
+    """
+
+    def __init__(self, stages: list[dict], text_column: str = "text", id_column: Optional[str] = None):
+        super().__init__()
+        self.stage_specs = stages
+        self.text_column = text_column
+        self.id_column = id_column
+
+    def expand(self, pcoll):
+        config = {"input": {"path": "<pcollection>", "text_column": self.text_column,
+                            "id_column": self.id_column},
+                  "output": {"path": "<none>"}, "stages": self.stage_specs}
+        return pcoll | beam.ParDo(_ApplyStagesFn(config))
+
+
+class _ApplyStagesFn(beam.DoFn):
+    def __init__(self, config: dict):
+        self.config = config
+
+    def setup(self):
+        from schemas.config import parse_config
+        cfg = parse_config(self.config)
+        self.proc = E.ShardProcessor(E.Plan(cfg.to_dict(), [], "inline"))
+        self.proc.setup()
+        if self.proc.has_global:
+            raise ValueError("ApplyStages takes local stages only; global stages need CurateShards")
+        self.shard = io.Shard(index=0, path="<pcollection>", rel="pcoll", name="pcoll", num_rows=0,
+                              size=0, fingerprint="")
+        self.row0 = 0
+
+    def process(self, table: pa.Table) -> Iterable[pa.Table]:
+        timers: dict[str, float] = {}
+        for batch in table.to_batches():
+            out, reasons, _, _ = self.proc.run_batch(self.shard, batch, self.row0, timers)
+            self.row0 += batch.num_rows
+            yield out.append_column(pa.field(C.REASON, C.REASON_TYPE), pa.array(reasons, pa.string()))

@@ -1,0 +1,212 @@
+"""The config model: what a thresher YAML file may say, validated with the key at fault.
+
+```yaml
+input: {path: "data/*.parquet", text_column: text, id_column: id}
+output: out/
+stages:
+  - {name: exact_dedup}
+  - {name: gopher_quality, min_words: 50}
+runner: DirectRunner
+pipeline_options: {direct_num_workers: 2}
+```
+Stage parameters are validated by the stage classes (``scorers.base.Stage.validate``)
+when the pipeline is built; this module checks the top level and the shape of
+each stage entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+DEFAULT_MAX_TEXT_BYTES = 10_000_000
+DEFAULT_BATCH_ROWS = 2_000
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. ``key`` is the dotted path of the culprit."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config error at {key}: {message}" if key else f"config error: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclasses.dataclass
+class InputConfig:
+    path: str
+    text_column: str = "text"
+    id_column: Optional[str] = None
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    batch_rows: int = DEFAULT_BATCH_ROWS
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    path: str
+    compression: str = "zstd"
+    overwrite: bool = False       # allow reusing a directory written with another config
+    keep_work: bool = False       # keep _work/ (intermediate files) after a successful run
+
+
+@dataclasses.dataclass
+class StageSpec:
+    name: str
+    id: str
+    params: dict[str, Any]
+    index: int
+
+
+@dataclasses.dataclass
+class Config:
+    input: InputConfig
+    output: OutputConfig
+    stages: list[StageSpec]
+    runner: str = "DirectRunner"
+    pipeline_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": dataclasses.asdict(self.input),
+            "output": dataclasses.asdict(self.output),
+            "stages": [{"name": s.name, "id": s.id, **s.params} for s in self.stages],
+            "runner": self.runner,
+            "pipeline_options": dict(self.pipeline_options),
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes outputs (not the runner or its options)."""
+        d = self.to_dict()
+        d.pop("runner")
+        d.pop("pipeline_options")
+        d["output"] = {"compression": self.output.compression}
+        d["input"].pop("path")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TOP = {"input", "output", "stages", "runner", "pipeline_options"}
+
+
+def _expect(key: str, value: Any, types, what: str) -> Any:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(key, f"expected {what}, got {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(key, f"expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _fields(cls, key: str, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in raw.items():
+        if k not in names:
+            import difflib
+            near = difflib.get_close_matches(k, list(names), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{key}.{k}", f"unknown key{hint}; known: {', '.join(names)}")
+        out[k] = v
+    return out
+
+
+def parse_config(raw: Any, *, source: str = "config") -> Config:
+    """Validate a config mapping (as loaded from YAML) into a :class:`Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{source} must be a mapping with keys {sorted(_TOP)}, got {type(raw).__name__}")
+    for k in raw:
+        if k not in _TOP:
+            import difflib
+            near = difflib.get_close_matches(str(k), list(_TOP), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(str(k), f"unknown top-level key{hint}; known: {', '.join(sorted(_TOP))}")
+
+    # input
+    inp = raw.get("input")
+    if inp is None:
+        raise ConfigError("input", "missing (give input.path or --input)")
+    if isinstance(inp, str):
+        inp = {"path": inp}
+    _expect("input", inp, dict, "a mapping or a path string")
+    inp = _fields(InputConfig, "input", inp)
+    if "path" not in inp or inp["path"] in (None, ""):
+        raise ConfigError("input.path", "missing (a file, directory or glob of Parquet shards)")
+    _expect("input.path", inp["path"], str, "a string")
+    _expect("input.text_column", inp.get("text_column", "text"), str, "a column name")
+    if inp.get("id_column") is not None:
+        _expect("input.id_column", inp["id_column"], str, "a column name or null")
+    for k in ("max_text_bytes", "batch_rows"):
+        if k in inp:
+            _expect(f"input.{k}", inp[k], int, "a positive integer")
+            if inp[k] <= 0:
+                raise ConfigError(f"input.{k}", f"must be > 0, got {inp[k]}")
+    input_cfg = InputConfig(**inp)
+
+    # output
+    out = raw.get("output")
+    if out is None:
+        raise ConfigError("output", "missing (an output directory, or --output)")
+    if isinstance(out, str):
+        out = {"path": out}
+    _expect("output", out, dict, "a mapping or a path string")
+    out = _fields(OutputConfig, "output", out)
+    if not out.get("path"):
+        raise ConfigError("output.path", "missing")
+    _expect("output.path", out["path"], str, "a string")
+    comp = out.get("compression", "zstd")
+    if comp not in ("zstd", "snappy", "gzip", "lz4", "none"):
+        raise ConfigError("output.compression", f"must be one of zstd, snappy, gzip, lz4, none; got {comp!r}")
+    for k in ("overwrite", "keep_work"):
+        if k in out:
+            _expect(f"output.{k}", out[k], bool, "true or false")
+    output_cfg = OutputConfig(**out)
+
+    # stages
+    stages_raw = raw.get("stages", [])
+    if stages_raw is None:
+        stages_raw = []
+    _expect("stages", stages_raw, list, "a list of {name: ..., params...}")
+    stages: list[StageSpec] = []
+    seen: dict[str, int] = {}
+    for i, s in enumerate(stages_raw):
+        key = f"stages[{i}]"
+        if isinstance(s, str):
+            s = {"name": s}
+        _expect(key, s, dict, "a mapping with a 'name'")
+        s = dict(s)
+        name = s.pop("name", None)
+        if not name:
+            raise ConfigError(f"{key}.name", "missing stage name")
+        _expect(f"{key}.name", name, str, "a stage name")
+        sid = s.pop("id", name)
+        _expect(f"{key}.id", sid, str, "a string")
+        if sid in seen or sid == "input":
+            raise ConfigError(f"{key}.id", f"stage id {sid!r} is used twice (stages[{seen.get(sid)}]); give one an 'id'")
+        if "." in sid:
+            raise ConfigError(f"{key}.id", f"stage id {sid!r} must not contain '.'")
+        seen[sid] = i
+        stages.append(StageSpec(name=name, id=sid, params=s, index=i))
+
+    runner = raw.get("runner", "DirectRunner") or "DirectRunner"
+    _expect("runner", runner, str, "a Beam runner name")
+    popts = raw.get("pipeline_options", {}) or {}
+    _expect("pipeline_options", popts, dict, "a mapping of Beam pipeline options")
+    return Config(input=input_cfg, output=output_cfg, stages=stages, runner=runner, pipeline_options=popts)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    if not os.path.exists(path):
+        raise ConfigError("", f"config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path} must contain a mapping at the top level")
+    return data

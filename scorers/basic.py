@@ -1,0 +1,98 @@
+"""Small built-in stages: ``length`` (trivial scorer / length filter) and ``exact_dedup``."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import columns as C
+from scorers.base import GlobalStage, LocalStage, Param, StageOutput, between, one_of
+from scorers.textops_basic import normalize_text, stable_id_hash, xxh128_hex
+
+
+class Length(LocalStage):
+    """Counts characters, words (whitespace-separated) and lines; rejects outside bounds."""
+
+    name = "length"
+    doc = "Character/word/line counts; optional min/max character bounds."
+    params = {
+        "min_chars": Param(int, 0, "reject documents with fewer characters", between(0)),
+        "max_chars": Param(int, None, "reject documents with more characters", between(1), nullable=True),
+    }
+    reasons = ("length.too_short", "length.too_long")
+
+    def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:
+        chars = pc.utf8_length(text).cast(pa.int64())
+        words = pc.list_value_length(pc.utf8_split_whitespace(text)).cast(pa.int64())
+        lines = pc.add(pc.count_substring(text, "\n").cast(pa.int64()), 1)
+        cn = chars.to_numpy(zero_copy_only=False)
+        reasons = np.full(len(text), None, dtype=object)
+        reasons[cn < self.config["min_chars"]] = self.reason("too_short")
+        if self.config["max_chars"] is not None:
+            reasons[cn > self.config["max_chars"]] = self.reason("too_long")
+        return StageOutput(
+            columns={C.LENGTH_CHARS: chars, C.LENGTH_WORDS: words, C.LENGTH_LINES: lines},
+            reasons=pa.array(reasons, pa.string()),
+        )
+
+
+class ExactDedup(GlobalStage):
+    """Exact duplicates of normalised text; one survivor per group.
+
+    The survivor is the member with the smallest stable hash of its id (ties: the
+    id string), so the choice does not depend on input order, shard count or
+    worker count. ``survivor: longest`` keeps the longest original text instead
+    (ties again by id hash).
+    """
+
+    name = "exact_dedup"
+    doc = "Exact duplicates after NFKC / case fold / whitespace collapse (each switchable)."
+    params = {
+        "nfkc": Param(bool, True, "Unicode NFKC normalisation"),
+        "casefold": Param(bool, True, "case-insensitive comparison"),
+        "collapse_whitespace": Param(bool, True, "runs of whitespace count as one space; strip ends"),
+        "survivor": Param(str, "min_id_hash", "which member survives", one_of("min_id_hash", "longest")),
+    }
+    reasons = ("exact_dedup.duplicate",)
+
+    def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
+        norm = normalize_text(text, nfkc=self.config["nfkc"], casefold=self.config["casefold"],
+                              collapse_whitespace=self.config["collapse_whitespace"])
+        return pa.table({
+            C.EXACT_HASH: xxh128_hex(norm),
+            "_id": ids,
+            "_chars": pc.utf8_length(text).cast(pa.int64()),
+        })
+
+    def compute(self, keys: pa.Table) -> pa.Table:
+        n = keys.num_rows
+        empty = pa.table({C.SHARD: pa.array([], pa.int32()), C.ROW: pa.array([], pa.int64()),
+                          C.REASON: pa.array([], pa.string()), C.DUPLICATE_OF: pa.array([], pa.string())})
+        if n == 0:
+            return empty
+        hashes = keys[C.EXACT_HASH].combine_chunks()
+        # group ids by hash (dictionary-encode: codes are positions of first occurrence order,
+        # which depends on input order, so only use them as group labels)
+        codes = pc.dictionary_encode(hashes).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        idh = stable_id_hash(keys["_id"].combine_chunks())          # uint64
+        ids = keys["_id"].combine_chunks().to_numpy(zero_copy_only=False).astype(object)
+        if self.config["survivor"] == "longest":
+            primary = -keys["_chars"].combine_chunks().to_numpy(zero_copy_only=False)
+        else:
+            primary = np.zeros(n, dtype=np.int64)
+        # order within group: primary, then id hash, then id string (total order, input independent)
+        order = np.lexsort((ids, idh, primary, codes))
+        sc = codes[order]
+        starts = np.r_[True, sc[1:] != sc[:-1]]
+        first_pos = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        survivor_idx = order[first_pos]
+        dup = ~starts
+        rows = order[dup]
+        if rows.size == 0:
+            return empty
+        return pa.table({
+            C.SHARD: keys[C.SHARD].take(pa.array(rows)).combine_chunks(),
+            C.ROW: keys[C.ROW].take(pa.array(rows)).combine_chunks(),
+            C.REASON: pa.array([self.reason("duplicate")] * rows.size, pa.string()),
+            C.DUPLICATE_OF: pa.array(ids[survivor_idx[dup]], pa.string()),
+        })
