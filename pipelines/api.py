@@ -67,6 +67,8 @@ def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
     if dup:
         raise ConfigError("stages", f"stage {sorted(dup)[0]!r} appears twice; each stage may be used once "
                                     f"(its score columns would collide)")
+    if cfg.input.id_column is None and io.first_schema_has(cfg.input.path, "id"):
+        cfg.input.id_column = "id"          # an input column named "id" is the id
     shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column)
     return E.Plan(cfg.to_dict(), shards, cfg.fingerprint())
 
@@ -270,7 +272,9 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
         stats["docs_per_second"] = prev.get("docs_per_second", stats["docs_per_second"])
     io.write_json(io.join(p.out, S.STATS_FILE), stats)
     if not cfg.output.keep_work:
-        io.remove(io.join(p.out, S.WORK_DIR))
+        # document rows are no longer needed; the small global keys stay for cheap reruns
+        for f in io.list_dir(io.join(p.out, S.WORK_DIR), ".rows.parquet"):
+            io.remove(f)
     if not stats["reconciled"]:
         raise ReconciliationError(
             f"row counts do not reconcile: input {stats['input_rows']} != kept {stats['kept_rows']} + "

@@ -217,7 +217,6 @@ def _filter_worker_stderr() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_logs()
     # sub-commands implemented elsewhere take their own arguments
     if argv[:1] == ["score"]:
         from pipelines.score_cmd import main as score_main
@@ -277,6 +276,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
+    _quiet_logs()
     sys.exit(main())
 
 

@@ -369,7 +369,10 @@ class ShardProcessor:
         fp = shard_fingerprint(self.plan, shard)
         gidx = [k for k, s in enumerate(self.stages) if s.kind == "global"]
         key_paths = {k: work_keys_path(out, shard, k) for k in gidx}
-        if is_done(p1_manifest_path(out, shard), fp) or is_done(manifest_path(out, shard), fp):
+        keys_ok = all(io.exists(p) for p in key_paths.values())
+        final = is_done(manifest_path(out, shard), fp)
+        if keys_ok and (final or (is_done(p1_manifest_path(out, shard), fp)
+                                  and io.exists(work_rows_path(out, shard)))):
             return key_paths
         _, _, work_s = self.schemas(shard)
         rows_w = io.ParquetOut(work_rows_path(out, shard), work_s, "zstd")

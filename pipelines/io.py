@@ -264,6 +264,17 @@ def describe_shards(pattern: str, text_column: str, id_column: Optional[str]) ->
     return shards
 
 
+def first_schema_has(pattern: str, column: str) -> bool:
+    try:
+        paths = discover(pattern)
+        if not paths:
+            return False
+        with open_read(paths[0]) as f:
+            return column in pq.ParquetFile(f).schema_arrow.names
+    except Exception:
+        return False  # describe_shards reports the real problem
+
+
 def iter_batches(path: str, batch_rows: int, columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
     """Yield record batches; errors name the file and the row group at fault."""
     if is_remote(path):

@@ -41,8 +41,8 @@ def check_input_schema(schema: pa.Schema, path: str, text_column: str, id_column
     else:
         if C.ID in names:
             raise InputError(
-                f"{path}: the input already has a column {C.ID!r} but input.id_column is not set; "
-                f"set input.id_column: {C.ID} to use it, or rename it")
+                f"{path}: has a column {C.ID!r} but other shards do not; set input.id_column "
+                f"explicitly or make the shards agree")
     for reserved in (C.REASON, C.DUPLICATE_OF):
         if reserved in names:
             raise InputError(f"{path}: input column {reserved!r} collides with a column thresher writes; rename it")

@@ -1,0 +1,45 @@
+import os
+import sys
+import warnings
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+CORPORA = os.path.join(SHARED, "corpora")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def corpus(name: str) -> str:
+    path = os.path.join(CORPORA, name)
+    if not os.path.exists(path):
+        pytest.skip(f"real corpus {path} not available")
+    return path
+
+
+@pytest.fixture
+def write_shards(tmp_path):
+    """write_shards({name: table}) -> input dir."""
+    def _w(tables: dict, sub: str = "in", row_group_size: int = 1000):
+        d = tmp_path / sub
+        d.mkdir(parents=True, exist_ok=True)
+        for name, t in tables.items():
+            if not isinstance(t, pa.Table):
+                t = pa.table(t)
+            pq.write_table(t, d / name, row_group_size=row_group_size)
+        return str(d)
+    return _w
+
+
+def local_run(config: dict, workers: int = 1, **kw):
+    from pipelines.api import run
+    config = dict(config)
+    config.setdefault("pipeline_options", {"direct_num_workers": workers})
+    return run(config, progress=False, **kw)
