@@ -73,7 +73,12 @@ def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
     return E.Plan(cfg.to_dict(), shards, cfg.fingerprint())
 
 
-def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None):
+#: below this many input rows the local runner uses one in-process worker: starting
+#: Beam's worker processes costs ~3.5 s here, more than the work itself.
+MULTIPROCESS_MIN_ROWS = 50_000
+
+
+def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None, total_rows: Optional[int] = None):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     opts: dict[str, Any] = dict(cfg.pipeline_options)
@@ -81,7 +86,8 @@ def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None):
     if runner in LOCAL_RUNNERS:
         # Beam's DirectRunner tries to download Prism first; pin the Python runner.
         runner = "FnApiRunner"
-        opts.setdefault("direct_num_workers", max(1, min(os.cpu_count() or 1, 8)))
+        small = total_rows is not None and total_rows < MULTIPROCESS_MIN_ROWS
+        opts.setdefault("direct_num_workers", 1 if small else max(1, min(os.cpu_count() or 1, 8)))
         opts.setdefault("direct_running_mode",
                         "multi_processing" if opts["direct_num_workers"] > 1 else "in_memory")
         opts.setdefault("default_sdk_harness_log_level", "WARNING")
@@ -260,7 +266,7 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     if done:
         log(f"all {len(p.shards)} shards already complete in {p.out}; nothing to do")
     else:
-        opts = pipeline_options(cfg, beam_args)
+        opts = pipeline_options(cfg, beam_args, total_rows=sum(s.num_rows for s in p.shards))
         with Progress(p, enabled=progress):
             with beam.Pipeline(options=opts) as bp:
                 _ = bp | "Thresher" >> CurateShards(p)

@@ -17,6 +17,7 @@ leaves the shard's own worker.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Optional
 
@@ -356,6 +357,7 @@ class ShardProcessor:
                              "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
         manifest["stage_seconds"] = timers
         manifest["seconds"] = time.perf_counter() - t_start
+        manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
         io.write_json(manifest_path(self.plan.out, shard), manifest)
         return manifest
 
@@ -495,6 +497,7 @@ class ShardProcessor:
         manifest["stage_seconds"] = dict(p1.get("stage_seconds", {}))
         manifest["stage_seconds"]["apply_decisions"] = time.perf_counter() - t_start
         manifest["seconds"] = float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start
+        manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
         io.write_json(mpath, manifest)
         return manifest
 

@@ -90,7 +90,7 @@ TRUTH_SCHEMA = pa.schema([
     pa.field("expected_flags", pa.string(), nullable=False),
 ])
 
-_SLOT = re.compile(r"\{(\w+)\}")
+_TOKEN = re.compile(r"\{(\w+)\}|\[([^\]]*)\]")
 _A_AN = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
 
 
@@ -104,8 +104,21 @@ def _c(s: str) -> tuple[str, ...]:
 
 
 def _compile(templates) -> tuple:
-    """Pre-split templates into (literal, slot, literal, slot, ..., literal)."""
-    return tuple(tuple(_SLOT.split(t)) for t in templates)
+    """Pre-split templates into (literal, slot, literal, slot, ..., literal).
+
+    A slot is a name (``{N}``, looked up in the fill table) or a tuple of
+    literal alternatives (``[a|b|c]``)."""
+    out = []
+    for t in templates:
+        pieces: list = []
+        pos = 0
+        for m in _TOKEN.finditer(t):
+            pieces.append(t[pos:m.start()])
+            pieces.append(m.group(1) if m.group(1) else tuple(m.group(2).split("|")))
+            pos = m.end()
+        pieces.append(t[pos:])
+        out.append(tuple(pieces))
+    return tuple(out)
 
 
 def _plural(noun: str) -> str:
@@ -237,57 +250,70 @@ _PLACE_B = _w("ford mere holt wick dale ton by stead moor bury field haven gate 
 _FIRST_NAMES = _w("Anna Ben Clara David Elena Farid Grace Hugo Ines Jonas Kiran Lena Marco Nadia Oskar Priya "
                   "Rosa Samir Tara Viktor Wen Yusuf Zoe Milan Ada Theo Lucia Ravi Mira Emil")
 
+# Sentence templates. {X} is a slot (see _Topic.fill); [a|b|c] picks one
+# literal alternative, so a template reused within a document rarely repeats
+# a long fixed phrase.
 _PROSE_TEMPLATES = _compile([
-    "The {A} {N} {V} the {N} in ways that {E} did not expect.",
-    "Most {E} agree that the {N} is one of the most {G} parts of the subject.",
-    "In {Y}, a group of {E} working near {P} described a {A} {N} for the first time.",
-    "Because the {N} {V} the {N}, the two are often studied together.",
-    "A {G} {N} can last for {K} years if it is kept away from the {N}.",
-    "There is still some debate about whether the {N} really {V} the {N}.",
-    "Early accounts from {P} mention a {A} {N} that {V} every {N} around it.",
-    "It is worth noting that not every {N} has a {A} {N}.",
-    "During the {C} century, interest in the {N} grew quickly across {P} and the surrounding region.",
-    "The {N} and the {N} are closely related, but they differ in {K} important ways.",
-    "Some {E} argue that a {A} {N} is simply a {G} form of {N}.",
-    "When the {N} becomes too {A}, it usually {V} the nearby {Ns}.",
-    "Careful measurements show that about {PCT} percent of {Ns} are {A}.",
-    "This is why the {N} remains a central topic for {E} today.",
-    "The first reliable description of the {N} was published in {Y} by a {G} writer from {P}.",
-    "For beginners, the easiest way to understand the {N} is to compare it with the {N}.",
-    "A {A} {N} is rarely found without a {N} nearby.",
-    "{E} in {P} have recorded {K} different kinds of {Ns} over the past {K} years.",
+    "The {A} {N} {V} the {N} in ways that {E} [did not expect|had not predicted|still find surprising].",
+    "[Most|Many|Nearly all] {E} agree that the {N} is one of the most {G} [parts of the subject|ideas in the field|things to study].",
+    "In {Y}, a [group|team|small party] of {E} [working|living|travelling] near {P} described a {A} {N} for the first time.",
+    "Because the {N} {V} the {N}, the two are [often|usually|almost always] studied together.",
+    "A {G} {N} [can last|may survive|often lasts] for {K} years if it is [kept|protected|held] away from the {N}.",
+    "There is still [some|considerable|lively] debate about whether the {N} really {V} the {N}.",
+    "Early [accounts|reports|letters] from {P} mention a {A} {N} that {V} every {N} around it.",
+    "[It is worth noting|It should be remembered|Keep in mind] that not every {N} has a {A} {N}.",
+    "During the {C} century, interest in the {N} [grew quickly|spread|increased steadily] across {P} and the surrounding [region|countryside|towns].",
+    "The {N} and the {N} are closely related, but they differ in {K} [important|basic|practical] ways.",
+    "Some {E} argue that a {A} {N} is [simply|really|little more than|essentially] a {G} form of {N}.",
+    "[When|Whenever|Once] the {N} becomes too {A}, it [usually|often|soon] {V} the nearby {Ns}.",
+    "[Careful measurements|Recent surveys|Long-term records] [show|suggest|indicate] that about {PCT} percent of {Ns} are {A}.",
+    "This is [why|one reason] the {N} remains a [central|favorite|recurring] topic for {E} [today|to this day|in many countries].",
+    "The [first reliable|earliest known|oldest surviving] description of the {N} was [published|written|printed] in {Y} by a {G} [writer|traveler|teacher] from {P}.",
+    "[For beginners|For newcomers|For most readers], the [easiest|simplest|quickest] way to [understand|picture|think about] the {N} is to compare it with the {N}.",
+    "A {A} {N} is [rarely|seldom|almost never] found without a {N} [nearby|close by|somewhere near it].",
+    "{E} in {P} have [recorded|counted|described] {K} [different kinds|distinct types|separate forms] of {Ns} over the [past|last] {K} years.",
     "Unlike the {N}, the {N} {V} only a {A} {N}.",
-    "The relationship between {Ns} and {Ns} has been studied since the {C} century.",
-    "Even a small change in the {N} can affect how the {N} {V} the {N}.",
-    "Many people first learn about the {N} from a {G} book or a visit to {P}.",
-    "In practice, the {N} is measured by comparing it with a {A} {N}.",
-    "Over time, the {N} {V} more {Ns} than any other part of the system.",
-    "Not all {E} accept this view, and the question of the {A} {N} remains open.",
+    "The [relationship|connection|link] between {Ns} and {Ns} has been [studied|discussed|debated] since the {C} century.",
+    "Even a [small|slight|minor] change in the {N} can [affect|alter|influence] how the {N} {V} the {N}.",
+    "[Many people|Most students|Children] first learn about the {N} from a {G} [book|lesson|film] or a visit to {P}.",
+    "In practice, the {N} is [measured|judged|tested] by comparing it with a {A} {N}.",
+    "[Over time|In the long run|Year after year], the {N} {V} more {Ns} than any other [part of the system|feature|element].",
+    "[Not all|Few|Only some] {E} accept this view, and the question of the {A} {N} [remains open|is still unsettled|has not been resolved].",
     "One {G} example comes from {P}, where a {A} {N} {V} the local {Ns}.",
-    "The word for {N} in older texts often refers to a {A} {N} as well.",
-    "If the {N} is removed, the {N} quickly loses its {A} character.",
-    "As a result, {Ns} tend to be more {A} in {P} than elsewhere.",
-    "The {A} {N} is usually described as a {G} and {G} feature of {T}.",
-    "Records from {Y} suggest that the {N} was already well known at that time.",
-    "Modern {E} rely on the {N} to explain why the {N} {V} the {N}.",
-    "In most cases, the {N} {V} the {N} slowly and without much warning.",
-    "Such observations help explain why the {N} has become so {G}.",
-    "Some of the best examples of {A} {Ns} can still be seen near {P}.",
-    "Both the {N} and the {N} play a role, although their importance varies from place to place.",
-    "It took {E} nearly {K} decades to agree on a common name for the {N}.",
-    "The {N} is sometimes confused with the {N}, but the two have little in common.",
-    "Today, the {N} is taught in schools as part of an introduction to {T}.",
-    "A typical {N} contains at least {K} {Ns}, each with its own {A} shape.",
-    "Visitors to {P} are often surprised by how {A} the {Ns} there can be.",
-    "Without a {A} {N}, the {N} would not be able to do its work.",
-    "The {N} was once thought to be {A}, but this idea was abandoned after {Y}.",
+    "The word for {N} in [older|early|medieval] texts [often|sometimes|occasionally] refers to a {A} {N} as well.",
+    "If the {N} is [removed|taken away|lost], the {N} [quickly|soon|gradually] loses its {A} character.",
+    "{Ns} tend to be more {A} in {P} than [elsewhere|in other places|anywhere else].",
+    "The {A} {N} is [usually|often|commonly] described as a {G} and {G} [feature|part|element] of {T}.",
+    "[Records|Documents|Letters] from {Y} suggest that the {N} was already [well known|widely discussed|familiar to many] at that time.",
+    "[Modern|Younger|Most] {E} [rely on|look to|point to] the {N} to explain why the {N} {V} the {N}.",
+    "In most cases, the {N} {V} the {N} [slowly and without much warning|over many years|in a matter of days|without anyone noticing].",
+    "[Such observations|These findings|Details like these] help explain why the {N} has become so {G}.",
+    "Some of the [best|finest|clearest] examples of {A} {Ns} can still be [seen|found|visited] near {P}.",
+    "Both the {N} and the {N} play a role, although their importance [varies from place to place|changes over time|is hard to measure].",
+    "It took {E} [nearly|more than|almost] {K} [decades|generations] to agree on a [common|single|shared] name for the {N}.",
+    "The {N} is [sometimes|often|easily] confused with the {N}, but the two have [little in common|very different origins|different purposes].",
+    "[Today|Nowadays|In many places], the {N} is [taught in schools|covered in textbooks|explained in museums] as part of an introduction to {T}.",
+    "A typical {N} [contains|holds|includes] at least {K} {Ns}, each with its own {A} [shape|character|role].",
+    "[Visitors to|Travelers in|Newcomers to] {P} are often [surprised|impressed|puzzled] by how {A} the {Ns} there can be.",
+    "Without a {A} {N}, the {N} would [not be able to do its work|quickly fail|lose much of its value].",
+    "The {N} was [once thought|long believed|widely assumed] to be {A}, but this idea was [abandoned|dropped|challenged] after {Y}.",
     "What makes the {N} so {G} is the way it {V} the {N}.",
-    "According to a study by {E} from {P}, nearly {PCT} percent of {Ns} change within a single season.",
-    "The {A} {Ns} of {P} are among the most {G} in the world.",
-    "Several {G} questions about the {N} have not yet been answered.",
-    "To see this clearly, consider what happens when a {A} {N} meets a {N}.",
-    "The history of the {N} is closely tied to the history of {P}.",
-    "Anyone who has watched a {N} for long enough will notice that it {V} the {N}.",
+    "According to a [study|survey|report] by {E} from {P}, [nearly|about|roughly] {PCT} percent of {Ns} change within a single [season|year|decade].",
+    "The {A} {Ns} of {P} are among the most {G} [in the world|in the region|anywhere].",
+    "[Several|A few|Many] {G} questions about the {N} have not yet been [answered|settled|fully explored].",
+    "To see this [clearly|more clearly|in practice], consider what happens when a {A} {N} [meets|replaces|follows] a {N}.",
+    "The history of the {N} is [closely|tightly|deeply] tied to [the history|the fortunes|the growth] of {P}.",
+    "[Anyone|Someone|A careful observer] who has [watched|studied|followed] a {N} for long enough will notice that it {V} the {N}.",
+    "The {N} {V} the {N}, which in turn {V} the {N}.",
+    "In {P}, the {N} is [known|famous|remembered] mainly for its {A} {N}.",
+    "{K} of the {Ns} described by {E} in {Y} are still [in use|visible|studied] today.",
+    "A [simple|rough|common] rule of thumb is that a {A} {N} {V} twice as many {Ns} as a {G} one.",
+    "The {N} [depends on|relies on|needs] a steady supply of {Ns} to stay {A}.",
+    "Between {Y} and {Y}, the number of known {Ns} [doubled|grew sharply|rose steadily].",
+    "Critics point out that the {N} is [harder|more difficult|less easy] to observe than the {N}.",
+    "[Local|Regional|National] guides in {P} often describe the {N} as {A} and {G}.",
+    "A {A} {N} [usually|normally|generally] {V} the {N} before it {V} the {N}.",
+    "Little is known about how the {N} first {V} the {N}.",
 ])
 
 _TITLE_TEMPLATES = _compile([
@@ -357,7 +383,8 @@ class _Deck:
 def _fill(pieces: tuple, fill: dict, rng: Random) -> str:
     out = [pieces[0]]
     for i in range(1, len(pieces), 2):
-        f = fill[pieces[i]]
+        p = pieces[i]
+        f = p if type(p) is tuple else fill[p]
         out.append(rng.choice(f) if type(f) is tuple else f(rng))
         out.append(pieces[i + 1])
     return "".join(out)
@@ -879,6 +906,7 @@ _DE = {
     "A": _w("alt groß klein wichtig bekannt schön neu lang kalt ruhig schnell einfach schwierig berühmt "
             "modern historisch dunkel breit"),
     "V": _c("liegt, steht, wächst, beginnt, bleibt, entsteht, verändert sich, wirkt, endet"),
+    "S": _w("Frühling Sommer Herbst Winter"),
 }
 _DE_T = _compile([
     "{N} {V} seit vielen Jahren in der Nähe von {P}.",
@@ -895,6 +923,12 @@ _DE_T = _compile([
     "Am Abend wird {n} {A} und still.",
     "Im Sommer kommen viele Besucher, weil {n} so {A} ist.",
     "Niemand weiß genau, warum {n} damals so {A} war.",
+    "Auf dem Weg nach {P} sieht man {n} schon von weitem.",
+    "Seit {Y} gilt {n} als besonders {A}.",
+    "Ein Besuch in {P} lohnt sich vor allem im {S}.",
+    "Laut einer Umfrage finden {K} von zehn Einwohnern, dass {n} {A} ist.",
+    "Früher galt {n} als weniger {A} als heute.",
+    "In alten Berichten aus {P} wird {n} oft erwähnt.",
 ])
 _FR = {
     "N": _c("la rivière, le village, la ville, le pont, la montagne, l'église, le marché, l'école, le livre, "
@@ -903,6 +937,7 @@ _FR = {
             "la mer, le château, le lac, la place"),
     "A": _w("célèbre magnifique calme simple difficile moderne historique rapide large riche pauvre étrange "
             "agréable utile fragile immense typique"),
+    "S": _c("en été, en hiver, en automne, au printemps"),
 }
 _FR_T = _compile([
     "{N} se trouve depuis longtemps près de {P}.",
@@ -919,6 +954,12 @@ _FR_T = _compile([
     "Il faut environ {K} heures pour aller de {P} à {P} en train.",
     "Le soir, {n} devient plus {A} et plus calme.",
     "Personne ne sait vraiment pourquoi {n} était si {A} à cette époque.",
+    "Sur la route de {P}, on aperçoit {n} de très loin.",
+    "Depuis {Y}, {n} est considéré comme particulièrement {A}.",
+    "Une visite à {P} vaut surtout la peine {S}.",
+    "Selon un sondage, {K} habitants sur dix trouvent que {n} est {A}.",
+    "Autrefois, {n} semblait moins {A} qu'aujourd'hui.",
+    "Dans les anciens récits de {P}, on mentionne souvent {n}.",
 ])
 _ES = {
     "N": _c("el río, la ciudad, la casa, el bosque, el puente, el agua, la montaña, la iglesia, el pueblo, "
@@ -927,6 +968,7 @@ _ES = {
             "el trabajo, el camino, la lengua, el lago, la plaza"),
     "A": _w("importante grande interesante difícil fácil útil popular agradable enorme simple frágil notable "
             "especial increíble natural central"),
+    "S": _c("en verano, en invierno, en otoño, en primavera"),
 }
 _ES_T = _compile([
     "{N} se encuentra desde hace mucho tiempo cerca de {P}.",
@@ -943,6 +985,12 @@ _ES_T = _compile([
     "Se tarda unas {K} horas en ir de {P} a {P} en tren.",
     "Por la noche, {n} se vuelve más tranquilo y más {A}.",
     "Nadie sabe muy bien por qué {n} era tan {A} en aquella época.",
+    "En el camino a {P} se ve {n} desde muy lejos.",
+    "Desde {Y}, {n} se considera especialmente {A}.",
+    "Una visita a {P} merece la pena sobre todo {S}.",
+    "Según una encuesta, {K} de cada diez vecinos creen que {n} es {A}.",
+    "Antes, {n} parecía menos {A} que ahora.",
+    "En los relatos antiguos de {P} se menciona a menudo {n}.",
 ])
 _RU = {
     "N": _c("река, город, дом, лес, мост, вода, гора, церковь, деревня, рынок, школа, книга, сад, улица, "
@@ -964,6 +1012,12 @@ _RU_T = _compile([
     "Дети в местной школе узнают, что {n} имеет долгую историю.",
     "Никто точно не знает, когда здесь появилась первая школа.",
     "Вечером на улицах становится тихо и спокойно.",
+    "С {Y} года {n} считается символом города {P}.",
+    "Каждый год город {P} посещают тысячи туристов.",
+    "Местные жители часто говорят, что {n} — это сердце города {P}.",
+    "В старых книгах о городе {P} часто упоминается {n}.",
+    "{N} появляется почти на каждой открытке из города {P}.",
+    "Зимой {n} выглядит совсем иначе, чем летом.",
 ])
 _RU_PA = _w("Бел Крас Нов Сос Лип Дуб Берез Камен Озер Мос Яр Свет Холм Бор Ольх")
 _RU_PB = _w("ово ино ск град поль ец ка овка инск")
@@ -974,6 +1028,7 @@ _ZH = {
     "V": _w("发展 研究 影响 改变 保护 建立 提高 介绍 发现 讨论 参观 学习 支持"),
     "A": _w("重要 美丽 古老 传统 现代 著名 安静 繁荣 复杂 简单 丰富"),
     "T": _w("近年来 过去 现在 目前 每年 从前 后来 最近"),
+    "S": _w("春天 夏天 秋天 冬天 周末 节日"),
 }
 _ZH_T = _compile([
     "{T}，{P}的{N}一直在{V}{N}。",
@@ -986,6 +1041,10 @@ _ZH_T = _compile([
     "从{P}到{P}坐火车大约需要{K}个小时。",
     "{T}，越来越多的{N}开始关注{N}。",
     "这里的{N}非常{A}，也很有特色。",
+    "{P}人常说，{N}是这座城市的骄傲。",
+    "关于{N}的第一份记录出现在{Y}年。",
+    "每到{S}，{P}的{N}都会变得非常热闹。",
+    "根据调查，大约{K}成的居民认为{N}很{A}。",
 ])
 _ZH_PLACE = _w("东 西 南 北 安 平 新 长 清 河 山 江 宁 阳 华 湖 海 云 州 城")
 _JA = {
@@ -993,6 +1052,7 @@ _JA = {
             "子供 天気 季節 森 湖 道路 橋 電車 図書館 博物館 音楽 言葉 伝統 祭り 料理 お茶 果物 村 港"),
     "V": _w("調べます 守ります 紹介します 変えます 育てます 作ります 見学します 学びます 支えます"),
     "A": _w("大切な 美しい 古い 新しい 有名な 静かな 大きな 小さな 複雑な 便利な"),
+    "S": _w("春 夏 秋 冬 週末 お正月"),
 }
 _JA_T = _compile([
     "{P}の{N}は{A}{N}です。",
@@ -1005,6 +1065,10 @@ _JA_T = _compile([
     "{P}から{P}まで電車で約{K}時間かかります。",
     "子供たちは学校で{N}について学びます。",
     "{P}には{A}{N}がたくさんあります。",
+    "{P}の人々は、{N}を町の誇りだと言います。",
+    "{N}についての最初の記録は{Y}年のものです。",
+    "{S}になると、{P}の{N}はとてもにぎやかになります。",
+    "調査によると、住民の約{K}割が{N}が好きだと答えました。",
 ])
 _JA_PLACE = _w("山 川 田 中 本 木 森 野 原 石 松 宮 高 大 小 東 西 北 南 島")
 _DE_PLACE = _w("Ober Unter Alt Neu Hoch Klein Groß Stein Wald Berg")
@@ -1054,7 +1118,7 @@ def _gen_non_english(rng: Random):
 
 
 # --- offensive ------------------------------------------------------------------------
-_SWEARS = ("damn", "crap", "bastard", "shit", "fuck")  # every swear sentence below uses one
+SWEAR_WORDS = ("damn", "crap", "bastard", "shit", "fuck")  # each swear sentence below uses one
 _SENT_SPLIT = re.compile(r"(?<=[.!?]) ")
 _SWEAR_SENTENCES = _compile([
     "What a damn mess the {N} turned out to be.",
@@ -1072,9 +1136,9 @@ def _gen_offensive(rng: Random):
     user = rng.choice(_FIRST_NAMES).lower() + str(_ri(rng, 1, 999))
     deck = _Deck(_PROSE_TEMPLATES)
     paras = [_paragraph(rng, topic, deck, 2, 5) for _ in range(_ri(rng, 2, 5))]
-    for _ in range(_ri(rng, 1, 3)):
+    for t in rng.sample(_SWEAR_SENTENCES, _ri(rng, 1, 3)):
         i = int(rng.random() * len(paras))
-        s = _A_AN.sub(r"\1n ", _fill(rng.choice(_SWEAR_SENTENCES), topic.fill, rng))
+        s = _A_AN.sub(r"\1n ", _fill(t, topic.fill, rng))
         sents = _SENT_SPLIT.split(paras[i])
         sents.insert(int(rng.random() * (len(sents) + 1)), s)
         paras[i] = " ".join(sents)

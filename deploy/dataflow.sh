@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run a thresher config on Google Cloud Dataflow.
+#   deploy/dataflow.sh CONFIG PROJECT REGION BUCKET IMAGE [extra beam flags]
+set -euo pipefail
+cfg=$1 project=$2 region=$3 bucket=$4 image=$5; shift 5
+exec thresher run "$cfg" \
+  --runner=DataflowRunner --project="$project" --region="$region" \
+  --temp_location="gs://$bucket/tmp" --staging_location="gs://$bucket/staging" \
+  --sdk_container_image="$image" --experiments=use_runner_v2 \
+  --max_num_workers=100 "$@"
