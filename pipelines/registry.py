@@ -12,6 +12,7 @@ from scorers.base import ParamError, Stage
 _TABLE: dict[str, tuple[str, str]] = {
     "length": ("scorers.basic", "Length"),
     "exact_dedup": ("scorers.basic", "ExactDedup"),
+    "preselect": ("scorers.preselect", "PreSelect"),
 }
 
 

@@ -1,0 +1,226 @@
+"""``thresher preselect train CONFIG``: labels from several LMs' losses, then a fastText scorer.
+
+Config (YAML)::
+
+    input: {path: "corpus/*.parquet", text_column: text, id_column: id}
+    output: preselect-model/
+    sample: {size: 20000, seed: 0}
+    models:                      # causal LM checkpoints and their downstream scores (higher = better)
+      - {path: ckpt/llama-small, score: 41.2}
+      - {path: ckpt/llama-base, score: 47.9}
+      - {path: ckpt/llama-large, score: 52.3}
+    scoring: {device: auto, max_tokens_per_batch: 16384, max_length: 2048}
+    validation_fraction: 0.1
+    fasttext: {}                 # overrides of the method's hyper-parameters (epoch 3, lr 0.1, wordNgrams 2)
+
+Writes ``labels.parquet`` (every sampled document: id, text, strength, concordant
+pairs, bits per character under each model, label), ``classifier.bin`` and
+``card.json`` (models, scores, counts, hyper-parameters, validation accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import io
+from schemas.config import ConfigError, load_config_file
+from schemas.documents import InputError
+
+_KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "fasttext", "seed"}
+
+
+def _check(raw: Any) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the preselect config must be a mapping")
+    for k in raw:
+        if k not in _KEYS:
+            raise ConfigError(str(k), f"unknown key; known: {', '.join(sorted(_KEYS))}")
+    inp = raw.get("input")
+    if isinstance(inp, str):
+        inp = {"path": inp}
+    if not isinstance(inp, dict) or not inp.get("path"):
+        raise ConfigError("input.path", "missing")
+    out = raw.get("output")
+    if not isinstance(out, str) or not out:
+        raise ConfigError("output", "missing (a directory for classifier.bin, card.json, labels.parquet)")
+    models = raw.get("models")
+    if not isinstance(models, list) or len(models) < 2:
+        raise ConfigError("models", "give at least two models as a list of {path, score}")
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or set(m) - {"path", "score", "name"}:
+            raise ConfigError(f"models[{i}]", "expected {path: ..., score: ...}")
+        if "path" not in m:
+            raise ConfigError(f"models[{i}].path", "missing")
+        if "score" not in m:
+            raise ConfigError(f"models[{i}].score", "missing: every model needs its downstream score "
+                                                    "(the number of models and of scores must match)")
+        if not isinstance(m["score"], (int, float)) or isinstance(m["score"], bool):
+            raise ConfigError(f"models[{i}].score", f"expected a number, got {m['score']!r}")
+        if not os.path.exists(m["path"]):
+            raise ConfigError(f"models[{i}].path", f"model {m['path']!r} does not exist")
+    if len({m["score"] for m in models}) < 2:
+        raise ConfigError("models", "all models have the same score: there is no ranking to agree with")
+    sample = raw.get("sample", {}) or {}
+    if not isinstance(sample, dict):
+        raise ConfigError("sample", "expected {size: N, seed: S}")
+    size = sample.get("size", 20000)
+    if not isinstance(size, int) or size < 2:
+        raise ConfigError("sample.size", f"expected an integer >= 2, got {size!r}")
+    vf = raw.get("validation_fraction", 0.1)
+    if not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+        raise ConfigError("validation_fraction", f"expected a number in [0, 1), got {vf!r}")
+    return {"input": {"text_column": "text", "id_column": None, **inp}, "output": out, "models": models,
+            "sample": {"size": size, "seed": int(sample.get("seed", 0))},
+            "scoring": dict(raw.get("scoring", {}) or {}), "validation_fraction": float(vf),
+            "fasttext": dict(raw.get("fasttext", {}) or {})}
+
+
+def sample_documents(path: str, text_column: str, id_column: Optional[str], size: int, seed: int) -> pa.Table:
+    """A deterministic sample: the ``size`` documents with the smallest xxh64(seed, id).
+
+    Independent of shard order and count; streams the corpus keeping at most
+    2 × size candidates in memory."""
+    import xxhash
+
+    if id_column is None and io.first_schema_has(path, "id"):
+        id_column = "id"
+    shards = io.describe_shards(path, text_column, id_column)
+    keep_h = np.zeros(0, np.uint64)
+    keep_ids: list[str] = []
+    keep_text: list[str] = []
+    for s in shards:
+        row0 = 0
+        cols = [text_column] + ([id_column] if id_column else [])
+        for b in io.iter_batches(s.path, 4096, columns=cols):
+            texts = b.column(text_column).to_pylist()
+            ids = (b.column(id_column).cast(pa.string()).to_pylist() if id_column
+                   else [f"{s.rel}:{row0 + i}" for i in range(b.num_rows)])
+            row0 += b.num_rows
+            ok = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+            h = np.fromiter((xxhash.xxh64_intdigest(ids[i].encode(), seed) for i in ok), np.uint64, len(ok))
+            keep_h = np.concatenate([keep_h, h])
+            keep_ids += [ids[i] for i in ok]
+            keep_text += [texts[i] for i in ok]
+            if keep_h.size > 2 * size:
+                sel = np.argsort(keep_h, kind="stable")[:size]
+                keep_h = keep_h[sel]
+                keep_ids = [keep_ids[i] for i in sel]
+                keep_text = [keep_text[i] for i in sel]
+    sel = np.argsort(keep_h, kind="stable")[:size]
+    return pa.table({"id": [keep_ids[i] for i in sel], "text": [keep_text[i] for i in sel]})
+
+
+def model_bpc(path: str, texts: pa.Array, scoring: dict) -> tuple[np.ndarray, dict]:
+    from scorers.models.tasks import build_task
+    task = build_task("causal_lm_loss", path, **scoring)
+    t0 = time.time()
+    cols = task(texts)
+    bpc = cols["lm_bpc"].to_numpy(zero_copy_only=False).astype(np.float64)
+    info = {"seconds": round(time.time() - t0, 3)}
+    st = getattr(task, "stats", None)
+    if st is not None and hasattr(st, "as_dict"):
+        info.update(st.as_dict())
+    del task
+    return np.where(np.isfinite(bpc), bpc, np.nan), info
+
+
+def train(raw: dict, log=print) -> dict:
+    """Run PreSelect training from a config mapping; returns the card."""
+    from scorers import fasttext_util as ftu
+    from scorers.preselect import FASTTEXT_PARAMS, fasttext_line, predictive_strength, select_labels, write_card
+    from scorers.textops_basic import stable_id_hash
+
+    cfg = _check(raw)
+    ftu.require_fasttext(training=True)
+    out = cfg["output"]
+    os.makedirs(out, exist_ok=True)
+    inp = cfg["input"]
+    t0 = time.time()
+    docs = sample_documents(inp["path"], inp["text_column"], inp.get("id_column"), cfg["sample"]["size"],
+                            cfg["sample"]["seed"])
+    log(f"preselect: sampled {docs.num_rows:,} documents")
+    texts = docs["text"].combine_chunks()
+    losses = np.full((docs.num_rows, len(cfg["models"])), np.nan)
+    model_info = []
+    for j, m in enumerate(cfg["models"]):
+        losses[:, j], info = model_bpc(m["path"], texts, cfg["scoring"])
+        model_info.append({"path": m["path"], "name": m.get("name", os.path.basename(m["path"].rstrip("/"))),
+                           "score": m["score"], "mean_bpc": float(np.nanmean(losses[:, j])), **info})
+        log(f"preselect: model {j} {m['path']}: mean bpc {model_info[-1]['mean_bpc']:.4f}")
+    strength, conc, pairs = predictive_strength(losses, [m["score"] for m in cfg["models"]])
+    ids = docs["id"].to_pylist()
+    pos, neg, linfo = select_labels(strength, ids)
+    label = np.full(docs.num_rows, -1, np.int8)
+    label[pos] = 1
+    label[neg] = 0
+    cols = {"id": docs["id"], "text": docs["text"], "strength": pa.array(strength),
+            "concordant_pairs": pa.array(conc.astype(np.int32)), "label": pa.array(label)}
+    for j in range(losses.shape[1]):
+        cols[f"bpc_{j}"] = pa.array(losses[:, j])
+    labels_tbl = pa.table(cols)
+    tmp = os.path.join(out, ".tmp-labels.parquet")
+    pq.write_table(labels_tbl, tmp, compression="zstd")
+    os.replace(tmp, os.path.join(out, "labels.parquet"))
+
+    # train / validation split by a stable hash of the id
+    chosen = np.concatenate([pos, neg])
+    h = stable_id_hash(pa.array([ids[i] for i in chosen], pa.string()))
+    vf = cfg["validation_fraction"]
+    is_val = (h % np.uint64(1000)) < np.uint64(int(round(vf * 1000)))
+    params = {**FASTTEXT_PARAMS, **cfg["fasttext"]}
+    with tempfile.TemporaryDirectory() as td:
+        train_file = os.path.join(td, "train.txt")
+        with open(train_file, "w", encoding="utf-8") as f:
+            for i, v in zip(chosen, is_val):
+                if not v:
+                    f.write(f"__label__{label[i]} {fasttext_line(docs['text'][int(i)].as_py())}\n")
+        bin_path = os.path.join(out, "classifier.bin")
+        tinfo = ftu.train_supervised(train_file, bin_path + ".tmp", **params)
+        os.replace(bin_path + ".tmp", bin_path)
+    model = ftu.load_model(bin_path)
+    val_idx = chosen[is_val]
+    acc = None
+    if val_idx.size:
+        p = ftu.predict_label_prob(model, pa.array([docs["text"][int(i)].as_py() for i in val_idx]), "1")
+        acc = float(((p >= 0.5).astype(np.int8) == label[val_idx]).mean())
+    card = {
+        "method": "PreSelect (predictive strength labels + fastText)",
+        "input": inp["path"], "sample": cfg["sample"], "sampled_docs": int(docs.num_rows),
+        "skipped_missing_loss": int(np.isnan(strength).sum()),
+        "models": model_info, "ordered_model_pairs": pairs,
+        "labels": linfo, "train_docs": int((~is_val).sum()), "validation_docs": int(is_val.sum()),
+        "validation_accuracy": acc, "fasttext": {**params, **{k: v for k, v in tinfo.items() if k != "params"}},
+        "preprocessing": "newlines replaced by spaces",
+        "strength_histogram": {str(k): int(v) for k, v in zip(*np.unique(conc[conc >= 0], return_counts=True))},
+        "seconds": round(time.time() - t0, 2),
+    }
+    write_card(os.path.join(out, "card.json"), card)
+    return card
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="thresher preselect train",
+                                 description="Train a PreSelect fastText classifier from several LMs' losses.")
+    ap.add_argument("config")
+    ap.add_argument("--output", help="override the config's output directory")
+    a = ap.parse_args(argv)
+    try:
+        raw = load_config_file(a.config)
+        if a.output:
+            raw["output"] = a.output
+        card = train(raw, log=lambda s: print(s, file=sys.stderr))
+    except (ConfigError, InputError, ValueError, ImportError) as e:
+        sys.stderr.write(f"thresher: error: {e}\n")
+        return 2
+    print(f"labels: {card['labels']['positives']} positive, {card['labels']['negatives']} negative; "
+          f"validation accuracy {card['validation_accuracy']}; wrote {raw['output']}/classifier.bin, "
+          f"card.json, labels.parquet")
+    return 0

@@ -1,0 +1,206 @@
+"""PreSelect: strength formula, labels, fastText round trip, global selection, CLI errors."""
+import json
+import os
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import corpus, local_run
+from schemas.config import ConfigError
+from scorers.preselect import predictive_strength, select_labels, top_fraction
+
+
+def test_strength_hand_computed():
+    scores = [1.0, 2.0, 3.0]                      # model 2 strongest
+    losses = np.array([[3.0, 2.0, 1.0],           # perfectly concordant: 3/3
+                       [1.0, 2.0, 3.0],           # reversed: 0/3
+                       [2.0, 2.0, 1.0],           # tie between 0 and 1 counts nothing: 2/3
+                       [1.5, np.nan, 1.0]])       # missing: skipped
+    s, conc, pairs = predictive_strength(losses, scores)
+    assert pairs == 3
+    assert conc.tolist() == [3, 0, 2, -1]
+    assert s[:3].tolist() == pytest.approx([1.0, 0.0, 2 / 3]) and np.isnan(s[3])
+
+
+def test_strength_with_tied_downstream_scores():
+    # models 0 and 1 share a score: that pair carries no order and is left out
+    s, conc, pairs = predictive_strength(np.array([[2.0, 3.0, 1.0], [3.0, 2.0, 4.0]]), [1.0, 1.0, 2.0])
+    assert pairs == 2
+    assert conc.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="same downstream score"):
+        predictive_strength(np.ones((2, 2)), [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"\(n_docs, 3\)"):
+        predictive_strength(np.ones((2, 2)), [1.0, 2.0, 3.0])
+
+
+def test_labels_are_balanced_and_lowest_negatives():
+    rng = np.random.default_rng(0)
+    strength = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], size=500, p=[0.3, 0.3, 0.3, 0.1])
+    strength[7] = np.nan
+    ids = [f"d{i}" for i in range(500)]
+    pos, neg, info = select_labels(strength, ids)
+    assert len(pos) == len(neg) == info["positives"] == info["negatives"]
+    assert (strength[pos] == 1.0).all()
+    assert strength[neg].max() <= np.sort(strength[~np.isnan(strength) & (strength < 1)])[len(neg) - 1]
+    assert 7 not in pos and 7 not in neg
+    pos2, neg2, _ = select_labels(strength, ids)  # deterministic
+    assert pos.tolist() == pos2.tolist() and neg.tolist() == neg2.tolist()
+
+
+def test_top_fraction_by_chars_and_docs():
+    rng = np.random.default_rng(1)
+    scores = rng.random(10_000)
+    chars = rng.integers(10, 5000, 10_000).astype(float)
+    tb = np.arange(10_000, dtype=np.uint64)
+    m, thr = top_fraction(scores, chars, tb, 0.1)
+    assert abs(chars[m].sum() / chars.sum() - 0.1) < 0.001
+    assert scores[m].min() == thr and (scores[~m] <= thr).all()
+    m, _ = top_fraction(scores, np.ones(10_000), tb, 0.25)
+    assert m.sum() == 2500
+
+
+@pytest.fixture(scope="module")
+def style_classifier(tmp_path_factory):
+    """A fastText classifier trained here: formal/technical paragraphs are __label__1."""
+    from scorers import fasttext_util as ftu
+    d = tmp_path_factory.mktemp("ps")
+    t = pq.read_table(corpus("style_paragraphs.parquet")).to_pydict()
+    lines = []
+    for text, style, split in zip(t["text"], t["style"], t["split"]):
+        if split == "train":
+            lab = 1 if style in ("formal", "technical") else 0
+            lines.append(f"__label__{lab} " + text.replace("\n", " "))
+    (d / "train.txt").write_text("\n".join(lines) + "\n")
+    ftu.train_supervised(str(d / "train.txt"), str(d / "clf.bin"), epoch=3, lr=0.1, wordNgrams=2)
+    return str(d / "clf.bin")
+
+
+def test_stage_selects_global_top_chars_across_uneven_shards(tmp_path, style_classifier):
+    t = pq.read_table(corpus("style_paragraphs.parquet"), columns=["id", "style", "text"])
+    inp = tmp_path / "in"
+    inp.mkdir()
+    # uneven shards, sorted by style so that per-shard selection would differ from global selection
+    t = t.take(pa.array(np.argsort(np.array(t["style"].to_pylist()), kind="stable")))
+    cuts = [0, 300, 2500, 2600, t.num_rows]
+    for i in range(4):
+        pq.write_table(t.slice(cuts[i], cuts[i + 1] - cuts[i]), inp / f"s{i}.parquet")
+    out = str(tmp_path / "out")
+    stats = local_run({"input": str(inp), "output": out,
+                       "stages": [{"name": "preselect", "model": style_classifier, "top_fraction_chars": 0.2}]})
+    assert stats["reconciled"]
+    con = duckdb.connect()
+    kept_chars, = con.execute(f"select sum(length(text)) from read_parquet('{out}/kept/*.parquet')").fetchone()
+    total, = con.execute(f"select sum(length(text)) from read_parquet(['{out}/kept/*.parquet', "
+                         f"'{out}/rejected/*.parquet'])").fetchone()
+    assert abs(kept_chars / total - 0.2) <= 0.01 * 0.2   # within 1% of the requested fraction
+    # threshold is global: every kept score >= every rejected score
+    kmin, = con.execute(f"select min(preselect_score) from read_parquet('{out}/kept/*.parquet')").fetchone()
+    rmax, = con.execute(f"select max(preselect_score) from read_parquet('{out}/rejected/*.parquet')").fetchone()
+    assert kmin >= rmax
+    reasons = {r[0] for r in con.execute(f"select distinct reason from read_parquet('{out}/rejected/*.parquet')").fetchall()}
+    assert reasons == {"preselect.below_threshold"}
+    # per-shard kept fractions differ widely: the selection was not made per shard
+    per = dict(con.execute(f"select k.filename, sum(length(k.text)) from read_parquet('{out}/kept/*.parquet', "
+                           f"filename=true) k group by 1").fetchall())
+    frac = []
+    for i in range(4):
+        tot = pq.read_table(inp / f"s{i}.parquet")["text"]
+        frac.append(per.get(f"{out}/kept/s{i}.parquet", 0) / sum(len(x) for x in tot.to_pylist()))
+    assert max(frac) - min(frac) > 0.3
+    # the classifier prefers formal/technical text
+    styles = dict(con.execute(f"select style, count(*) from read_parquet('{out}/kept/*.parquet') group by 1").fetchall())
+    assert styles.get("formal", 0) + styles.get("technical", 0) > 0.8 * sum(styles.values())
+    g = json.load(open(os.path.join(out, "_global", "preselect.json")))
+    assert g["mode"] == "top_fraction_chars" and abs(g["selected_char_fraction"] - 0.2) < 0.002
+
+
+def test_stage_threshold_and_docs_modes(tmp_path, style_classifier):
+    t = pq.read_table(corpus("style_paragraphs.parquet"), columns=["id", "text"]).slice(0, 1000)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(t, inp / "a.parquet")
+    s = local_run({"input": str(inp), "output": str(tmp_path / "d"),
+                   "stages": [{"name": "preselect", "model": style_classifier, "top_fraction_docs": 0.3}]})
+    assert s["kept_rows"] == 300
+    s = local_run({"input": str(inp), "output": str(tmp_path / "t"),
+                   "stages": [{"name": "preselect", "model": style_classifier, "threshold": 0.5}]})
+    con = duckdb.connect()
+    assert con.execute(f"select min(preselect_score) >= 0.5 from read_parquet('{tmp_path}/t/kept/*.parquet')").fetchone()[0]
+    assert con.execute(f"select max(preselect_score) < 0.5 from read_parquet('{tmp_path}/t/rejected/*.parquet')").fetchone()[0]
+
+
+def test_stage_bad_params(tmp_path, write_shards, style_classifier):
+    from pipelines.api import plan
+    inp = write_shards({"a.parquet": {"text": ["x"]}})
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.model: fastText model '/nope.bin' does not exist"):
+        plan({"input": inp, "output": str(tmp_path / "o"), "stages": [{"name": "preselect", "model": "/nope.bin"}]})
+    with pytest.raises(ConfigError, match="give only one of"):
+        plan({"input": inp, "output": str(tmp_path / "o"),
+              "stages": [{"name": "preselect", "model": style_classifier, "threshold": 0.5,
+                          "top_fraction_docs": 0.1}]})
+
+
+def test_train_config_errors(tmp_path):
+    from pipelines.preselect_cmd import train
+    d = tmp_path / "m"
+    d.mkdir()
+    with pytest.raises(ConfigError, match=r"models\[1\]\.score: missing"):
+        train({"input": "x", "output": str(tmp_path / "o"), "models": [{"path": str(d), "score": 1}, {"path": str(d)}]})
+    with pytest.raises(ConfigError, match=r"models\[0\]\.path: model '/does/not/exist' does not exist"):
+        train({"input": "x", "output": str(tmp_path / "o"),
+               "models": [{"path": "/does/not/exist", "score": 1}, {"path": str(d), "score": 2}]})
+    with pytest.raises(ConfigError, match="at least two models"):
+        train({"input": "x", "output": str(tmp_path / "o"), "models": [{"path": str(d), "score": 1}]})
+
+
+def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
+    """Three tiny LMs of different strength (trained here), their target loss as the score."""
+    from pipelines.preselect_cmd import train
+    from scorers import fasttext_util as ftu
+    from scorers import lmtrain
+    wiki = pq.read_table(corpus("wiki_summaries.parquet"), columns=["id", "lang", "text"])
+    wiki = wiki.filter(pa.compute.equal(wiki["lang"], "en")).slice(0, 1200)
+    fort = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 600)
+    target, train_txt = wiki["text"].to_pylist()[:200], wiki["text"].to_pylist()[200:]
+    tok = lmtrain.train_tokenizer(train_txt + fort["text"].to_pylist(), vocab_size=600)
+    models = []
+    for i, steps in enumerate([1, 8, 30]):
+        m = lmtrain.new_causal_lm(tok, hidden=32, layers=2, heads=4, context=128, seed=i)
+        lmtrain.train_causal_lm(m, tok, train_txt, steps=steps, seq_len=64, batch_size=8, seed=i, lr=1e-2)
+        loss = lmtrain.eval_loss(m, tok, target, seq_len=64)
+        models.append({"path": lmtrain.save(m, tok, str(tmp_path / f"lm{i}")), "score": -loss})
+    assert models[0]["score"] < models[2]["score"]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"id": wiki["id"].to_pylist()[200:], "text": train_txt}), pool / "wiki.parquet")
+    pq.write_table(fort, pool / "fortunes.parquet")
+    out = tmp_path / "ps"
+    card = train({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},
+                  "models": models, "scoring": {"device": "cpu", "max_length": 128}})
+    assert card["sampled_docs"] == 500 and card["ordered_model_pairs"] == 3
+    assert card["labels"]["positives"] == card["labels"]["negatives"] > 0
+    assert 0.0 <= card["validation_accuracy"] <= 1.0
+    assert json.load(open(out / "card.json"))["models"][2]["score"] == models[2]["score"]
+    labels = pq.read_table(out / "labels.parquet")
+    assert labels.num_rows == 500 and {"strength", "bpc_0", "bpc_1", "bpc_2", "label"} <= set(labels.column_names)
+    assert (np.array(labels["label"].to_pylist()) == 1).sum() == card["labels"]["positives"]
+    clf = ftu.load_model(str(out / "classifier.bin"))
+    p = ftu.predict_label_prob(clf, pa.array(["Paris is the capital of France."]), "1")
+    assert 0.0 <= float(p[0]) <= 1.0
+
+
+def test_sample_is_independent_of_shard_layout(tmp_path):
+    from pipelines.preselect_cmd import sample_documents
+    t = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 3000)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    pq.write_table(t, a / "all.parquet")
+    pq.write_table(t.slice(2000), b / "x.parquet")
+    pq.write_table(t.slice(0, 2000), b / "y.parquet")
+    sa = sample_documents(str(a), "text", None, 250, seed=5)
+    sb = sample_documents(str(b), "text", None, 250, seed=5)
+    assert sa.num_rows == 250 and sa["id"].to_pylist() == sb["id"].to_pylist()
+    assert sample_documents(str(a), "text", None, 250, seed=6)["id"].to_pylist() != sa["id"].to_pylist()
