@@ -13,6 +13,8 @@ _TABLE: dict[str, tuple[str, str]] = {
     "length": ("scorers.basic", "Length"),
     "exact_dedup": ("scorers.basic", "ExactDedup"),
     "preselect": ("scorers.preselect", "PreSelect"),
+    "language": ("scorers.langid", "LanguageStage"),
+    "toxicity": ("scorers.toxicity", "ToxicityStage"),
 }
 
 

