@@ -69,7 +69,8 @@ def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
                                     f"(its score columns would collide)")
     if cfg.input.id_column is None and io.first_schema_has(cfg.input.path, "id"):
         cfg.input.id_column = "id"          # an input column named "id" is the id
-    shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column)
+    shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column,
+                                exclude=cfg.output.path)
     return E.Plan(cfg.to_dict(), shards, cfg.fingerprint())
 
 

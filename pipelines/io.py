@@ -218,12 +218,18 @@ def _stem(rel: str) -> str:
     return s.replace("/", "__").replace(os.sep, "__").lstrip(".") or "shard"
 
 
-def describe_shards(pattern: str, text_column: str, id_column: Optional[str]) -> list[Shard]:
-    """Discover shards and check every footer before work starts (clear errors)."""
+def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
+                    exclude: Optional[str] = None) -> list[Shard]:
+    """Discover shards and check every footer before work starts (clear errors).
+
+    ``exclude``: a directory (the run's output) whose files are never inputs."""
     from schemas.documents import check_input_schema
     import hashlib
 
     paths = discover(pattern)
+    if exclude and not is_remote(exclude):
+        ex = os.path.abspath(_local(exclude)).rstrip("/") + "/"
+        paths = [p for p in paths if not os.path.abspath(p).startswith(ex)]
     if not paths:
         raise InputError(f"input {pattern!r} matched no Parquet files")
     if is_remote(pattern):

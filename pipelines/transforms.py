@@ -79,9 +79,15 @@ def _gather_compute(plan: E.Plan, k: int):
     return fn
 
 
-# Stage name -> builder of a distributed global step:
+def _minhash_distributed(plan, k, paths, prior):
+    from pipelines.dedup_beam import build
+    return build(plan, k, paths, prior)
+
+
+# Stage name -> builder of a distributed global step, used when the stage's
+# config says ``components: distributed``:
 # builder(plan, k, key_paths_pcoll, prior_decision_pcolls) -> PCollection of one (k, table)
-DISTRIBUTED_COMPUTE: dict[str, Any] = {}
+DISTRIBUTED_COMPUTE: dict[str, Any] = {"minhash_dedup": _minhash_distributed}
 
 
 class CurateShards(beam.PTransform):
@@ -109,10 +115,9 @@ class CurateShards(beam.PTransform):
             stage = stages[k]
             paths = keys | f"KeysOf[{stage.id}]" >> beam.Filter(lambda kv, k=k: kv[0] == k) \
                 | f"Path[{stage.id}]" >> beam.Map(lambda kv: kv[1])
-            mode = stage.config.get("components", stage.config.get("compute", "local")) \
-                if hasattr(stage, "config") else "local"
+            mode = stage.config.get("components", "local")
             builder = DISTRIBUTED_COMPUTE.get(stage.name)
-            if builder is not None and mode in ("star", "distributed"):
+            if builder is not None and mode == "distributed":
                 dec = builder(plan, k, paths, decisions)
             else:
                 gathered = paths | f"Gather[{stage.id}]" >> beam.combiners.ToList()
