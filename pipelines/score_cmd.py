@@ -1,0 +1,218 @@
+"""``thresher score TASK --model PATH --input DIR_OR_GLOB --output DIR [...]``.
+
+Reads Parquet shards (a file, a directory of ``*.parquet``, or a glob; local
+paths or Beam filesystem URLs such as ``gs://``), runs a model task on the text column through the Beam wrapper, and
+writes one output file per input shard (same name) holding the input rows plus
+the task's columns. Each output is written under a temporary name and renamed.
+Existing outputs are skipped (a rerun finishes the rest) unless
+``--overwrite``. Unknown ``--flags`` are passed to Beam as pipeline options
+(e.g. ``--direct_num_workers=2 --direct_running_mode=multi_processing``).
+
+Tasks: causal_lm_loss (lm_loss_sum, lm_tokens, lm_chars, lm_bpc),
+encoder_score (score | score_<i>), generate (generated).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Optional, Sequence
+
+TASK_NAMES = ("causal_lm_loss", "encoder_score", "generate")
+_LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+_TASK_ONLY = {
+    "stride": ("causal_lm_loss",), "prepend_bos": ("causal_lm_loss",),
+    "label": ("encoder_score",),
+    "max_new_tokens": ("generate",), "stop": ("generate",), "system": ("generate",),
+    "prompt": ("generate",), "template": ("generate",),
+}
+
+
+def _resolve_remote(spec: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not any(ch in spec for ch in "*?[") and not spec.endswith(".parquet"):
+        spec = spec.rstrip("/") + "/*.parquet"
+    try:
+        found = FileSystems.match([spec])[0].metadata_list
+    except Exception as e:  # noqa: BLE001 - report any filesystem error as a usage error
+        raise SystemExit(f"thresher score: cannot list {spec!r}: {e}")
+    return sorted(m.path for m in found)
+
+
+def resolve_inputs(spec: str) -> list[str]:
+    """Sorted Parquet files named by a file, a directory, or a glob (local or a
+    Beam filesystem URL such as ``gs://bucket/dir``)."""
+    if "://" in spec:
+        files = _resolve_remote(spec)
+        if not files:
+            raise SystemExit(f"thresher score: no Parquet files under {spec!r}")
+        return _unique_names(files)
+    spec = os.path.expanduser(spec)
+    if os.path.isdir(spec):
+        files = glob.glob(os.path.join(spec, "*.parquet"))
+    elif any(ch in spec for ch in "*?["):
+        files = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        raise SystemExit(f"thresher score: input {spec!r} does not exist")
+    files = sorted(os.path.abspath(p) for p in files)
+    if not files:
+        raise SystemExit(f"thresher score: no Parquet files under {spec!r}")
+    return _unique_names(files)
+
+
+def _unique_names(files: list[str]) -> list[str]:
+    names: dict[str, str] = {}
+    for p in files:
+        b = p.rstrip("/").rsplit("/", 1)[-1]
+        if b in names:
+            raise SystemExit(f"thresher score: two inputs share the file name {b!r} ({names[b]}, {p}); "
+                             f"outputs are named after inputs")
+        names[b] = p
+    return files
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError("use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _positive(value: str) -> int:
+    v = int(value)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thresher score", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=TASK_NAMES)
+    ap.add_argument("--model", required=True, help="HF checkpoint dir, thresher head dir, or fastText .bin")
+    ap.add_argument("--head", default=None, help="thresher head dir to put on the encoder at --model")
+    ap.add_argument("--input", required=True, help="Parquet file, directory or glob (local or gs://…)")
+    ap.add_argument("--output", required=True, help="output directory")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--device", type=_device, default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
+    ap.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                    help="compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    ap.add_argument("--weights-dtype", choices=("fp32", "bf16", "fp16"), default=None)
+    ap.add_argument("--max-tokens-per-batch", type=_positive, default=None,
+                    help="padded tokens per batch (batch size × longest); default 16384 CPU / 32768 CUDA")
+    ap.add_argument("--max-batch-size", type=_positive, default=None)
+    ap.add_argument("--max-length", type=_positive, default=None,
+                    help="tokens per model input (context window / encoder length / document in a prompt)")
+    ap.add_argument("--truncation", choices=("head", "head_tail", "windows"), default=None,
+                    help="default: windows for causal_lm_loss, head otherwise")
+    ap.add_argument("--max-doc-tokens", type=_positive, default=None,
+                    help="with --truncation windows: score only the first N tokens of each document")
+    ap.add_argument("--column-prefix", default="", help="prefix for the output column names")
+    ap.add_argument("--stride", type=_positive, default=None, help="causal_lm_loss: new tokens per window")
+    ap.add_argument("--no-bos", dest="prepend_bos", action="store_false", default=None,
+                    help="causal_lm_loss: do not prepend BOS (the first token is then not scored)")
+    ap.add_argument("--label", default=None, help="encoder_score: keep one output (label name or index)")
+    ap.add_argument("--max-new-tokens", type=_positive, default=None, help="generate (default 256)")
+    ap.add_argument("--stop", action="append", default=None, help="generate: stop string (repeatable)")
+    ap.add_argument("--system", default=None, help="generate: system message")
+    ap.add_argument("--prompt", default=None, help="generate: user message, {text} = the document")
+    ap.add_argument("--template", default=None, help="generate: auto|chat|fallback|none|custom with {user}")
+    ap.add_argument("--batch-rows", type=_positive, default=5000, help="rows read and scored at a time")
+    ap.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    ap.add_argument("--compression", default="zstd")
+    ap.add_argument("--runner", default="FnApiRunner",
+                    help="Beam runner (default FnApiRunner: the local runner, no Prism download)")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = build_parser()
+    args, beam_args = ap.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    bad = [a for a in beam_args if not a.startswith("--")]
+    if bad:
+        ap.error(f"unrecognized arguments: {' '.join(bad)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from scorers.models.loading import CheckpointError, detect_kind
+
+    model = os.path.abspath(os.path.expanduser(args.model))
+    kind = None
+    local_runner = args.runner in _LOCAL_RUNNERS
+    if os.path.exists(model) or local_runner:
+        try:
+            kind = detect_kind(model)
+        except CheckpointError as e:
+            ap.error(str(e))
+    else:  # e.g. baked into the workers' container image
+        logging.warning("model %s is not on this machine; the workers must have it", model)
+    inputs = resolve_inputs(args.input)
+    output = args.output if "://" in args.output else os.path.abspath(os.path.expanduser(args.output))
+    if any(p.rstrip("/").rsplit("/", 1)[0] == output.rstrip("/") for p in inputs):
+        ap.error("--output must differ from the input directory")
+
+    options = {"device": args.device, "dtype": args.dtype, "max_tokens_per_batch": args.max_tokens_per_batch,
+               "max_batch_size": args.max_batch_size, "max_length": args.max_length,
+               "truncation": args.truncation, "max_doc_tokens": args.max_doc_tokens,
+               "column_prefix": args.column_prefix or None}
+    for name, tasks in _TASK_ONLY.items():
+        v = getattr(args, name)
+        if v is None:
+            continue
+        if args.task not in tasks:
+            ap.error(f"--{name.replace('_', '-')} applies to {', '.join(tasks)} only")
+        options[name] = v
+    if args.task == "encoder_score" and kind == "fasttext":
+        for k in ("device", "dtype"):
+            options.pop(k)
+
+    import pyarrow.parquet as pq
+
+    from pipelines.model_beam import _open_read
+
+    with _open_read(inputs[0]) as f:
+        first = pq.ParquetFile(f).schema_arrow
+    if args.text_column not in first.names:
+        ap.error(f"{inputs[0]}: no column {args.text_column!r} (columns: {first.names})")
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.model_beam import ModelTaskSpec, ScoreShardDoFn, query_counters
+
+    spec = ModelTaskSpec.make(args.task, model, text_column=args.text_column, head=args.head,
+                              weights_dtype=args.weights_dtype, **options)
+    opts = PipelineOptions([f"--runner={args.runner}", *beam_args])
+    t0 = time.perf_counter()
+    p = beam.Pipeline(options=opts)
+    _ = (p
+         | "Shards" >> beam.Create(inputs)
+         | "Spread" >> beam.Reshuffle()
+         | "Score" >> beam.ParDo(ScoreShardDoFn(spec, output, batch_rows=args.batch_rows,
+                                                overwrite=args.overwrite, compression=args.compression)))
+    result = p.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - t0
+    c = query_counters(result)
+    docs = c.get("docs", 0)
+    summary = {
+        "task": args.task, "model": model, "shards": len(inputs), "written": c.get("shards_written", 0),
+        "skipped": c.get("shards_skipped", 0), "docs": docs, "doc_tokens": c.get("doc_tokens", 0),
+        "wall_s": round(wall, 2), "docs_per_s": round(docs / wall, 1) if wall else None,
+        "tokens_per_s": round(c.get("doc_tokens", 0) / wall, 1) if wall else None,
+        "padding_waste": round(1 - c["processed_tokens"] / c["padded_tokens"], 4) if c.get("padded_tokens") else None,
+        "oom_events": c.get("oom_events", 0), "model_s": round(c.get("model_ms", 0) / 1000, 2),
+        "output": output,
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
