@@ -21,8 +21,10 @@ Parquet shards with the same shingling (word 5-grams), 112 permutations =
 Peers are run as their documentation suggests, without a verification step
 (none of them verifies by default); clusters are the connected components of
 their LSH candidate pairs. ``thresher-none`` (verify=none, 14 x 8) does the
-same work as they do; ``thresher`` is the default (signature verification),
-``thresher-jaccard`` verifies on (capped) shingle sets. datasketch and rensa receive the same normalised
+same work as they do; ``thresher`` is the stage core at its defaults (exact-Jaccard verification),
+``thresher-signature`` verifies with signature estimates only. ``thresher-pipeline`` is the whole
+stage as users run it (Beam, reading, minhash_dedup with defaults, writing kept/rejected,
+reconciliation; ``-2w`` with two worker processes, CPU of children included). datasketch and rensa receive the same normalised
 5-gram strings as thresher hashes (NFKC, lower case, whitespace split; a
 document of fewer than 5 words is one shingle of all its words; empty ones
 are skipped), built in Python, which is part of their cost. datatrove runs its
@@ -322,8 +324,41 @@ def worker_datatrove(data: Path, out: Path) -> dict:
             "removed": removed, "version": _version("datatrove")}
 
 
+def worker_pipeline(data: Path, out: Path, workers: int) -> dict:
+    """The whole thresher stage as users run it: Beam pipeline reading the Parquet
+    shards, minhash_dedup (defaults: word 5-grams, 14 x 8, exact-Jaccard
+    verification, union-find), writing kept/ and rejected/, reconciling counts."""
+    import logging
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    sys.path.insert(0, str(ROOT))
+    logging.getLogger().setLevel(logging.ERROR)
+    from pipelines.api import run
+    t0, w0 = _cpu(), time.time()
+    res_dir = out / "pipeline"
+    shutil.rmtree(res_dir, ignore_errors=True)
+    mode = "multi_processing" if workers > 1 else "in_memory"
+    stats = run({"input": {"path": str(data / "corpus"), "id_column": "id"}, "output": str(res_dir),
+                 "stages": [{"name": "minhash_dedup", "ngram": NGRAM, "num_perm": NUM_PERM, "bands": BANDS,
+                             "rows": ROWS, "threshold": THRESHOLD, "seed": SEED, "device": "cpu"}],
+                 "pipeline_options": {"direct_num_workers": workers, "direct_running_mode": mode}},
+                progress=False)
+    cpu, wall = _cpu() - t0, time.time() - w0
+    assert stats["reconciled"]
+    con = duckdb.connect()
+    rows = con.execute(f"select id, coalesce(cluster_id, id) from read_parquet(['{res_dir}/kept/*.parquet', "
+                       f"'{res_dir}/rejected/*.parquet'])").fetchall()
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "cluster": [r[1] for r in rows]}), out / "pred.parquet")
+    return {"docs": stats["input_rows"], "cpu_s": cpu, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(),
+            "removed": stats["rejected_rows"], "bands": BANDS, "rows": ROWS}
+
+
 WORKERS = {"thresher": lambda d, o: worker_thresher(d, o, "default"),
+           "thresher-pipeline": lambda d, o: worker_pipeline(d, o, 1),
+           "thresher-pipeline-2w": lambda d, o: worker_pipeline(d, o, 2),
            "thresher-jaccard": lambda d, o: worker_thresher(d, o, "jaccard"),
+           "thresher-signature": lambda d, o: worker_thresher(d, o, "signature"),
            "thresher-none": lambda d, o: worker_thresher(d, o, "none"),
            "thresher-cuda": lambda d, o: worker_thresher(d, o, "cuda"),
            "datasketch": worker_datasketch,
@@ -372,7 +407,8 @@ def score(data: Path, pred_path: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
-    ap.add_argument("--systems", default="thresher,thresher-jaccard,thresher-none,datasketch,rensa,datatrove")
+    ap.add_argument("--systems", default="thresher-pipeline,thresher,thresher-signature,thresher-none,"
+                                         "datasketch,rensa,datatrove")
     ap.add_argument("--root", default=str(ROOT / "bench-out"))
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--datatrove-python", default="/work/bench-venv/bin/python")
