@@ -24,6 +24,8 @@ def connect(out_dir: str):
 
 
 def numeric_score_columns(con, text_column: str = "text") -> list[str]:
+    from pipelines.registry import load_all
+    load_all()
     rows = con.execute("DESCRIBE docs").fetchall()
     known = {f.name for fs in C.STAGE_FIELDS.values() for f in fs}
     num = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "FLOAT", "DOUBLE", "HUGEINT", "UTINYINT",

@@ -222,13 +222,17 @@ def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
                     exclude: Optional[str] = None) -> list[Shard]:
     """Discover shards and check every footer before work starts (clear errors).
 
-    ``exclude``: a directory (the run's output) whose files are never inputs."""
+    ``exclude``: the run's output directory; files thresher writes there (kept/,
+    rejected/, _work/, ...) are never inputs."""
     from schemas.documents import check_input_schema
     import hashlib
 
     paths = discover(pattern)
     if exclude and not is_remote(exclude):
-        ex = os.path.abspath(_local(exclude)).rstrip("/") + "/"
+        from schemas import stats as S
+        base = os.path.abspath(_local(exclude))
+        ex = tuple(os.path.join(base, d) + "/" for d in (S.KEPT_DIR, S.REJECTED_DIR, S.WORK_DIR,
+                                                         S.GLOBAL_DIR, S.MANIFEST_DIR))
         paths = [p for p in paths if not os.path.abspath(p).startswith(ex)]
     if not paths:
         raise InputError(f"input {pattern!r} matched no Parquet files")

@@ -15,11 +15,22 @@ _TABLE: dict[str, tuple[str, str]] = {
     "preselect": ("scorers.preselect", "PreSelect"),
     "language": ("scorers.langid", "LanguageStage"),
     "toxicity": ("scorers.toxicity", "ToxicityStage"),
+    "gopher_quality": ("scorers.heuristics", "GopherQuality"),
+    "gopher_repetition": ("scorers.heuristics", "GopherRepetition"),
+    "c4": ("scorers.heuristics", "C4"),
+    "fineweb": ("scorers.heuristics", "FineWeb"),
+    "minhash_dedup": ("scorers.minhash", "MinHashDedup"),
 }
 
 
 def register(name: str, module: str, cls: str) -> None:
     _TABLE[name] = (module, cls)
+
+
+def load_all() -> None:
+    """Import every stage module (registers all score columns)."""
+    for name in list(_TABLE):
+        stage_class(name)
 
 
 def names() -> list[str]:
