@@ -249,3 +249,27 @@ def test_derived_ids_are_stable(tmp_path, write_shards):
     con = duckdb.connect()
     ids = sorted(r[0] for r in con.execute(f"select id from read_parquet('{out}/kept/*.parquet')").fetchall())
     assert ids == ["a.parquet:0", "a.parquet:1", "nested/a.parquet:0"]
+
+
+def test_apply_stages_ptransform_in_a_user_pipeline(tmp_path):
+    """Local stages composed into the user's own Beam pipeline over pa.Table batches."""
+    import apache_beam as beam
+    import pyarrow.compute as pc
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.transforms import ApplyStages
+    t = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 600)
+    batches = [t.slice(0, 250), t.slice(250)]
+    out = tmp_path / "res.parquet"
+
+    def collect(tables):
+        pq.write_table(pa.concat_tables(tables), out)
+
+    with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        _ = (p | beam.Create(batches)
+             | ApplyStages([{"name": "length", "min_chars": 80}], text_column="text", id_column="id")
+             | beam.combiners.ToList() | beam.Map(collect))
+    res = pq.read_table(out)
+    assert res.num_rows == 600 and {"length_chars", "reason"} <= set(res.column_names)
+    short = pc.less(pc.utf8_length(res["text"]), 80)
+    assert res.filter(short)["reason"].to_pylist() == ["length.too_short"] * pc.sum(short).as_py()
+    assert res.filter(pc.invert(short))["reason"].null_count == res.num_rows - pc.sum(short).as_py()
