@@ -149,18 +149,7 @@ class ShardProcessor:
                 text = raw.cast(pa.large_string() if pa.types.is_large_binary(t) else pa.string())
                 text.validate(full=True)
             except (pa.ArrowInvalid, UnicodeDecodeError):
-                vals = raw.to_pylist()
-                out = []
-                for i, v in enumerate(vals):
-                    if v is None:
-                        out.append(None)
-                        continue
-                    try:
-                        out.append(v.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        reasons[i] = C.R_INVALID_UTF8
-                        out.append("")
-                text = pa.array(out, pa.string())
+                text = _decode_rows(raw.to_pylist(), reasons)
         else:
             text = raw
             try:
@@ -169,17 +158,7 @@ class ShardProcessor:
                 # invalid UTF-8 inside a string column: find the rows at fault
                 vals = pa.Array.from_buffers(pa.binary() if t == pa.string() else pa.large_binary(),
                                              len(raw), raw.buffers(), raw.null_count, raw.offset).to_pylist()
-                out = []
-                for i, v in enumerate(vals):
-                    if v is None:
-                        out.append(None)
-                        continue
-                    try:
-                        out.append(v.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        reasons[i] = C.R_INVALID_UTF8
-                        out.append("")
-                text = pa.array(out, pa.string())
+                text = _decode_rows(vals, reasons)
         if text.type == pa.large_string() and (pc.sum(pc.binary_length(text)).as_py() or 0) < 2**31 - 1:
             text = text.cast(pa.string())
         nulls = text.is_null().to_numpy(zero_copy_only=False)
@@ -500,6 +479,22 @@ class ShardProcessor:
         manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
         io.write_json(mpath, manifest)
         return manifest
+
+
+def _decode_rows(vals: list, reasons: np.ndarray) -> pa.Array:
+    """Slow path, only for a batch that failed UTF-8 validation: decode row by row and
+    mark the rows that are not valid UTF-8 (they become empty strings, rejected)."""
+    out = []
+    for i, v in enumerate(vals):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            reasons[i] = C.R_INVALID_UTF8
+            out.append("")
+    return pa.array(out, pa.string())
 
 
 def pd_notnull(a: np.ndarray) -> np.ndarray:

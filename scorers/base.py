@@ -176,3 +176,15 @@ class GlobalStage(Stage):
 
 def null_reasons(n: int) -> pa.Array:
     return pa.nulls(n, pa.string())
+
+
+def first_reason(n: int, masks) -> pa.Array:
+    """Per row, the reason of the first mask (in list order) that is true; null = keep.
+
+    ``masks``: a sequence of (boolean ndarray of length n, reason string)."""
+    import pyarrow.compute as pc
+    out = pa.nulls(n, pa.string())
+    for mask, reason in reversed(list(masks)):
+        if mask.any():
+            out = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), out)
+    return out

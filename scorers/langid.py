@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from schemas import filters_lang_tox as F
 from scorers import fasttext_util as ftu
-from scorers.base import LocalStage, Param, ParamError, StageOutput, between
+from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between
 
 
 def _check_languages(v: Any) -> Optional[str]:
@@ -38,13 +38,7 @@ def _check_languages(v: Any) -> Optional[str]:
     return None
 
 
-def _select_reason(n: int, masks: list[tuple[np.ndarray, str]]) -> pa.Array:
-    """First matching reason per row (null = keep)."""
-    out = pa.nulls(n, pa.string())
-    for mask, reason in reversed(masks):
-        if mask.any():
-            out = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), out)
-    return out
+
 
 
 class LanguageStage(LocalStage):
@@ -120,5 +114,5 @@ class LanguageStage(LocalStage):
             masks.append((probs < np.float32(thr), self.reason("low_score")))
         return StageOutput(
             columns={F.LANGUAGE: labels, F.LANGUAGE_SCORE: pa.array(probs, pa.float32())},
-            reasons=_select_reason(n, masks),
+            reasons=first_reason(n, masks),
         )

@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 
 from schemas import filters_lang_tox as F
 from scorers import fasttext_util as ftu
-from scorers.base import LocalStage, Param, ParamError, StageOutput, between
+from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "badwords")
 
@@ -581,12 +581,7 @@ class ToxicityClassifier:
 # --------------------------------------------------------------------------------------
 
 
-def _select_reason(n: int, masks: list[tuple[np.ndarray, str]]) -> pa.Array:
-    out = pa.nulls(n, pa.string())
-    for mask, reason in reversed(masks):
-        if mask.any():
-            out = pc.if_else(pa.array(mask), pa.scalar(reason, pa.string()), out)
-    return out
+
 
 
 class ToxicityStage(LocalStage):
@@ -687,7 +682,7 @@ class ToxicityStage(LocalStage):
             if self.config["profanity_threshold"] is not None:
                 masks.append((q >= np.float32(self.config["profanity_threshold"]),
                               self.reason("profanity")))
-        return StageOutput(columns=columns, reasons=_select_reason(n, masks))
+        return StageOutput(columns=columns, reasons=first_reason(n, masks))
 
 
 def load_profanity_check():
