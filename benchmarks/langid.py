@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scorers import fasttext_util as ftu  # noqa: E402
 from scorers.langid import LanguageStage  # noqa: E402
 
-CORPORA = "/work/shared/corpora"
+CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 
 
 def load_texts(corpus: str, limit: int | None) -> tuple[pa.Array, pa.Array]:

@@ -158,7 +158,7 @@ MIX = {"fortunes": 0.35, "wiki_summaries": 0.35, "handbook": 0.15, "web_sample":
 def find_corpora(paths: Optional[Sequence[str]]) -> dict[str, str]:
     if paths:
         return {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
-    for base in (os.path.join(_ROOT, "bench-out", "corpora"), "/work/shared/corpora"):
+    for base in (os.path.join(_ROOT, "bench-out", "corpora"), os.path.join(os.path.dirname(_ROOT), "shared", "corpora")):
         found = {n: os.path.join(base, n + ".parquet") for n in DEFAULT_CORPORA
                  if os.path.isfile(os.path.join(base, n + ".parquet"))}
         if found:

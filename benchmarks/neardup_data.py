@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scorers import minhash as M  # noqa: E402
 
-CORPORA = Path(os.environ.get("THRESHER_CORPORA", "/work/shared/corpora"))
+CORPORA = Path(os.environ.get("THRESHER_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
 SOURCES = ("wiki_summaries", "handbook", "web_sample", "fortunes")
 MIN_WORDS = 40
 

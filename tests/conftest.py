@@ -20,6 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def corpus(name: str) -> str:
     path = os.path.join(CORPORA, name)
     if not os.path.exists(path):
+        if os.environ.get("CI"):
+            pytest.fail(f"real corpus {path} not available: CI must run with shared/ beside the checkout")
         pytest.skip(f"real corpus {path} not available")
     return path
 
@@ -43,3 +45,9 @@ def local_run(config: dict, workers: int = 1, **kw):
     config = dict(config)
     config.setdefault("pipeline_options", {"direct_num_workers": workers})
     return run(config, progress=False, **kw)
+
+
+def pytest_sessionstart(session):
+    """In CI the real corpora must be there (shared/ beside the checkout): no silent skips."""
+    if os.environ.get("CI") and not os.path.isdir(CORPORA):
+        raise pytest.UsageError(f"CI run without the real corpora at {CORPORA}")

@@ -18,7 +18,7 @@ from scorers import fasttext_util as ftu
 from scorers.base import ParamError
 from scorers.langid import LanguageStage
 
-CORPORA = "/work/shared/corpora"
+CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 WIKI = os.path.join(CORPORA, "wiki_summaries.parquet")
 
 needs_corpora = pytest.mark.skipif(not os.path.exists(WIKI), reason="shared corpora not available")

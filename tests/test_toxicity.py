@@ -23,7 +23,7 @@ from scorers.base import ParamError
 from scorers.toxicity import (ToxicityStage, WordListScorer, compile_wordlist, load_wordlists,
                               match_wordlist, train_toxicity_classifier)
 
-CORPORA = "/work/shared/corpora"
+CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 TOX = os.path.join(CORPORA, "toxicity_labelled.parquet")
 needs_tox = pytest.mark.skipif(not os.path.exists(TOX), reason="shared corpora not available")
 
