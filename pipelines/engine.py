@@ -311,21 +311,14 @@ class ShardProcessor:
         rej_w = io.ParquetOut(io.join(out, S.REJECTED_DIR, shard.name + ".parquet"), rej_s, comp)
         return kept_w, rej_w, work_s
 
-    def process_shard(self, shard: io.Shard) -> dict:
-        """Single-phase run (no global stage): read, stages, write, manifest."""
-        self.setup()
-        t_start = time.perf_counter()
-        fp = shard_fingerprint(self.plan, shard)
-        manifest = S.empty_manifest(shard.name, shard.path, fp)
+    def _write_outputs(self, shard: io.Shard, manifest: dict, rows) -> None:
+        """Write kept/rejected for a shard from (table, reasons, duplicate_of, input chars)
+        batches, atomically, counting into the manifest."""
         kept_w, rej_w, _ = self._writers(shard)
-        timers: dict[str, float] = {}
-        row0 = 0
         try:
-            for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
-                table, reasons, _, chars_in = self.run_batch(shard, batch, row0, timers)
-                kc = self._split_write(table, reasons, None, kept_w, rej_w)
+            for table, reasons, dups, chars_in in rows:
+                kc = self._split_write(table, reasons, dups, kept_w, rej_w)
                 self._count(manifest, reasons, chars_in, kc)
-                row0 += batch.num_rows
             kept_w.commit()
             rej_w.commit()
         except BaseException:
@@ -334,11 +327,31 @@ class ShardProcessor:
             raise
         manifest["files"] = {"kept": f"{S.KEPT_DIR}/{shard.name}.parquet",
                              "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
-        manifest["stage_seconds"] = timers
-        manifest["seconds"] = time.perf_counter() - t_start
+
+    def _finish(self, shard: io.Shard, manifest: dict, stage_seconds: dict, seconds: float) -> dict:
+        """Write the shard's manifest last: its presence marks the shard complete."""
+        manifest["stage_seconds"] = stage_seconds
+        manifest["seconds"] = seconds
         manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
         io.write_json(manifest_path(self.plan.out, shard), manifest)
         return manifest
+
+    def process_shard(self, shard: io.Shard) -> dict:
+        """Single-phase run (no global stage): read, stages, write, manifest."""
+        self.setup()
+        t_start = time.perf_counter()
+        manifest = S.empty_manifest(shard.name, shard.path, shard_fingerprint(self.plan, shard))
+        timers: dict[str, float] = {}
+
+        def rows():
+            row0 = 0
+            for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
+                table, reasons, _, chars_in = self.run_batch(shard, batch, row0, timers)
+                row0 += batch.num_rows
+                yield table, reasons, None, chars_in
+
+        self._write_outputs(shard, manifest, rows())
+        return self._finish(shard, manifest, timers, time.perf_counter() - t_start)
 
     # -- two phases (global stages) -----------------------------------------------------
     def phase1(self, shard: io.Shard) -> dict[int, str]:
@@ -419,7 +432,6 @@ class ShardProcessor:
         p1 = io.read_json(p1_manifest_path(out, shard)) or {}
         t_start = time.perf_counter()
         manifest = S.empty_manifest(shard.name, shard.path, fp)
-        kept_w, rej_w, _ = self._writers(shard)
         decs = []
         for k, t in sorted(decisions, key=lambda kv: kv[0]):
             if t.num_rows == 0:
@@ -427,58 +439,49 @@ class ShardProcessor:
             order = pc.sort_indices(t[C.ROW])
             t = t.take(order)
             decs.append((k, t, t[C.ROW].to_numpy()))
-        text_col = self.cfg.input.text_column
-        try:
-            for batch in io.iter_batches(work_rows_path(out, shard), self.cfg.input.batch_rows):
-                table = pa.Table.from_batches([batch])
-                rows = table[C.ROW].to_numpy()
-                reasons = table[C.REASON].to_numpy(zero_copy_only=False).astype(object)
-                stage_of = table[C.STAGE_IDX].to_numpy().copy()
-                dups = _as_array(table[C.DUPLICATE_OF])
-                for k, dt, drows in decs:
-                    lo, hi = np.searchsorted(drows, [rows[0], rows[-1] + 1]) if rows.size else (0, 0)
-                    if hi <= lo:
-                        continue
-                    seg = dt.slice(lo, hi - lo)
-                    pos_in_batch = np.searchsorted(rows, drows[lo:hi])
-                    src = np.full(rows.size, -1, np.int64)
-                    src[pos_in_batch] = np.arange(hi - lo)
-                    idx = pa.array(src, mask=src < 0)
-                    has = src >= 0
-                    # annotations
-                    for f in self.stages[k].fields():
-                        if f.name in seg.column_names:
-                            new = _as_array(seg[f.name]).cast(f.type).take(idx)
-                            old = _as_array(table[f.name])
-                            merged = pc.if_else(pc.is_valid(new), new, old)
-                            table = table.set_column(table.schema.get_field_index(f.name), f, merged)
-                    if C.REASON in seg.column_names:
-                        dr = _as_array(seg[C.REASON]).take(idx).to_numpy(zero_copy_only=False)
-                        win = has & pd_notnull(dr) & ((stage_of < 0) | (stage_of > k))
-                        if win.any():
-                            reasons[win] = dr[win]
-                            stage_of[win] = k
-                            if C.DUPLICATE_OF in seg.column_names:
-                                dd = _as_array(seg[C.DUPLICATE_OF]).cast(C.ID_TYPE).take(idx)
-                                dups = pc.if_else(pa.array(win), dd, dups)
-                chars_in = table[C.CHARS_IN].to_numpy().astype(np.int64)
-                base = table.drop_columns([C.REASON, C.DUPLICATE_OF, C.ROW, C.STAGE_IDX, C.CHARS_IN])
-                kc = self._split_write(base, reasons, dups, kept_w, rej_w)
-                self._count(manifest, reasons, chars_in, kc)
-            kept_w.commit()
-            rej_w.commit()
-        except BaseException:
-            kept_w.abort()
-            rej_w.abort()
-            raise
-        manifest["files"] = {"kept": f"{S.KEPT_DIR}/{shard.name}.parquet",
-                             "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
-        manifest["stage_seconds"] = dict(p1.get("stage_seconds", {}))
-        manifest["stage_seconds"]["apply_decisions"] = time.perf_counter() - t_start
-        manifest["seconds"] = float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start
-        manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
-        io.write_json(mpath, manifest)
-        return manifest
+        rows = (self._apply_decisions(pa.Table.from_batches([b]), decs)
+                for b in io.iter_batches(work_rows_path(out, shard), self.cfg.input.batch_rows))
+        self._write_outputs(shard, manifest, rows)
+        stage_seconds = dict(p1.get("stage_seconds", {}))
+        stage_seconds["apply_decisions"] = time.perf_counter() - t_start
+        return self._finish(shard, manifest, stage_seconds,
+                            float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start)
+
+    def _apply_decisions(self, table: pa.Table, decs: list):
+        """One batch of work rows with the global decisions merged in: a global stage's
+        rejection wins over a local one only if it comes earlier in the config."""
+        rows = table[C.ROW].to_numpy()
+        reasons = table[C.REASON].to_numpy(zero_copy_only=False).astype(object)
+        stage_of = table[C.STAGE_IDX].to_numpy().copy()
+        dups = _as_array(table[C.DUPLICATE_OF])
+        for k, dt, drows in decs:
+            lo, hi = np.searchsorted(drows, [rows[0], rows[-1] + 1]) if rows.size else (0, 0)
+            if hi <= lo:
+                continue
+            seg = dt.slice(lo, hi - lo)
+            pos_in_batch = np.searchsorted(rows, drows[lo:hi])
+            src = np.full(rows.size, -1, np.int64)
+            src[pos_in_batch] = np.arange(hi - lo)
+            idx = pa.array(src, mask=src < 0)
+            has = src >= 0
+            for f in self.stages[k].fields():          # annotations (kept rows too)
+                if f.name in seg.column_names:
+                    new = _as_array(seg[f.name]).cast(f.type).take(idx)
+                    old = _as_array(table[f.name])
+                    merged = pc.if_else(pc.is_valid(new), new, old)
+                    table = table.set_column(table.schema.get_field_index(f.name), f, merged)
+            if C.REASON in seg.column_names:
+                dr = _as_array(seg[C.REASON]).take(idx).to_numpy(zero_copy_only=False)
+                win = has & pd_notnull(dr) & ((stage_of < 0) | (stage_of > k))
+                if win.any():
+                    reasons[win] = dr[win]
+                    stage_of[win] = k
+                    if C.DUPLICATE_OF in seg.column_names:
+                        dd = _as_array(seg[C.DUPLICATE_OF]).cast(C.ID_TYPE).take(idx)
+                        dups = pc.if_else(pa.array(win), dd, dups)
+        chars_in = table[C.CHARS_IN].to_numpy().astype(np.int64)
+        base = table.drop_columns([C.REASON, C.DUPLICATE_OF, C.ROW, C.STAGE_IDX, C.CHARS_IN])
+        return base, reasons, dups, chars_in
 
 
 def _decode_rows(vals: list, reasons: np.ndarray) -> pa.Array:

@@ -91,7 +91,7 @@ def train_causal_lm(model, tokenizer, texts: Sequence[str], *, steps: Optional[i
         sched.step()
         opt.zero_grad(set_to_none=True)
         last = float(out.loss.detach())
-    model.eval()
+    model.train(False)
     return {"steps": steps, "tokens": steps * batch_size * seq_len, "final_loss": last,
             "stream_tokens": int(len(stream))}
 
@@ -102,7 +102,7 @@ def eval_loss(model, tokenizer, texts: Sequence[str], seq_len: int = 128, batch_
     stream = token_stream(tokenizer, texts)
     n_blocks = len(stream) // seq_len
     blocks = torch.from_numpy(stream[: n_blocks * seq_len].reshape(n_blocks, seq_len))
-    model.eval()
+    model.train(False)
     tot, cnt = 0.0, 0
     for i in range(0, n_blocks, batch_size):
         x = blocks[i: i + batch_size]

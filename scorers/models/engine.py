@@ -177,7 +177,7 @@ class Engine:
         module.to(self.device)
         if self.cast_weights and not keep_fp32 and self.compute_dtype != torch.float32:
             module.to(self.compute_dtype)
-        module.eval()
+        module.train(False)
         return module
 
     def autocast(self):

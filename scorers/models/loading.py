@@ -158,7 +158,7 @@ def load_encoder_head(directory: str) -> tuple[EncoderHead, dict[str, Any]]:
     if missing or unexpected:
         raise CheckpointError(f"{w_path}: weights do not match the head config "
                               f"(missing {missing}, unexpected {unexpected})")
-    head.eval()
+    head.train(False)
     return head, cfg
 
 
@@ -203,7 +203,7 @@ class LoadedModel:
                 kind = KIND_FASTTEXT
         out = cls(kind=kind, model=model, tokenizer=tokenizer, head=head, **kw)
         if isinstance(model, nn.Module):
-            model.eval()
+            model.train(False)
             if out.max_positions is None:
                 out.max_positions = _max_positions(getattr(model, "config", None), tokenizer)
         _fill_outputs(out)
@@ -412,7 +412,7 @@ def _load_hf(directory: str, kind: str, weights_dtype: Optional[torch.dtype]):
     finally:
         if staged:
             shutil.rmtree(staged, ignore_errors=True)
-    model.eval()
+    model.train(False)
     return model
 
 

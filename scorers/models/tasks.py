@@ -417,7 +417,7 @@ class EncoderScore(ModelTask):
             raise ValueError(f"max_length {ml} leaves no room for text after special tokens")
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         if model.head is not None:
-            model.head.float().cpu().eval()
+            model.head.float().cpu().train(False)
 
     def _num_columns(self) -> int:
         return 1 if self.output_index is not None else self.lm.num_outputs
