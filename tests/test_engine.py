@@ -135,7 +135,7 @@ def test_other_config_needs_overwrite(tmp_path):
 
 
 def test_bad_rows_become_rejections(tmp_path, write_shards):
-    big = "word " * (11_000_000 // 5)  # 11 MB > default 10 MB limit
+    big = "word " * (50_000_000 // 5)  # a 50 MB document (> the default 10 MB limit)
     inp = write_shards({
         "a.parquet": {"text": ["A fine document about rivers.", None, "", "   \n ", big, "ok text here"],
                       "url": ["u1", "u2", "u3", "u4", "u5", "u6"]},
