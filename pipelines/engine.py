@@ -30,7 +30,7 @@ from pipelines.registry import build_stages
 from schemas import columns as C
 from schemas import stats as S
 from schemas.config import Config, parse_config
-from schemas.documents import InputError, output_schema
+from schemas.documents import output_schema
 from scorers.base import GlobalStage, LocalStage, Stage
 
 

@@ -73,9 +73,18 @@ def remove(path: str) -> None:
 
 def open_read(path: str):
     if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems.open(path)
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     return open(_local(path), "rb")
+
+
+def open_write(path: str):
+    """A raw writable file (no rename: see AtomicWriter for atomic writes)."""
+    if is_remote(path):
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    os.makedirs(os.path.dirname(_local(path)) or ".", exist_ok=True)
+    return open(_local(path), "wb")
 
 
 def _tmp_name(path: str) -> str:
@@ -100,12 +109,7 @@ class AtomicWriter:
     def __init__(self, path: str):
         self.path = path
         self.tmp = _tmp_name(path)
-        if is_remote(path):
-            from apache_beam.io.filesystems import FileSystems
-            self.f = FileSystems.create(self.tmp)
-        else:
-            os.makedirs(os.path.dirname(_local(path)) or ".", exist_ok=True)
-            self.f = open(_local(self.tmp), "wb")
+        self.f = open_write(self.tmp)
 
     def commit(self) -> None:
         self.f.close()

@@ -35,6 +35,9 @@ import uuid
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
+
+from pipelines import io as _io
+from pipelines.io import is_remote
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -165,11 +168,6 @@ class ScoreTables(beam.PTransform):
         return pcoll | beam.ParDo(ScoreTableDoFn(self.spec))
 
 
-def is_remote(path: str) -> bool:
-    """``gs://…``, ``s3://…`` and other Beam filesystems (not local paths)."""
-    return "://" in path
-
-
 def output_path(input_path: str, output_dir: str) -> str:
     name = input_path.rstrip("/").rsplit("/", 1)[-1] if is_remote(input_path) else os.path.basename(input_path)
     if is_remote(output_dir):
@@ -177,35 +175,11 @@ def output_path(input_path: str, output_dir: str) -> str:
     return os.path.join(output_dir, name)
 
 
-def _exists(path: str) -> bool:
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems.exists(path)
-    return os.path.exists(path)
+# filesystem access lives in one place (pipelines/io.py)
+_exists, _open_read, _open_write = _io.exists, _io.open_read, _io.open_write
 
 
-def _open_read(path: str):
-    if is_remote(path):
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "rb")
-
-
-def _open_write(path: str):
-    if is_remote(path):
-        from apache_beam.io.filesystems import CompressionTypes, FileSystems
-        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "wb")
-
-
-def _rename(src: str, dst: str) -> None:
-    if is_remote(src):
-        from apache_beam.io.filesystems import FileSystems
-        if FileSystems.exists(dst):
-            FileSystems.delete([dst])
-        FileSystems.rename([src], [dst])
-    else:
-        os.replace(src, dst)
+_rename = _io.rename
 
 
 def _remove(path: str) -> None:

@@ -14,7 +14,6 @@ encoder_score (score | score_<i>), generate (generated).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -33,36 +32,17 @@ _TASK_ONLY = {
 }
 
 
-def _resolve_remote(spec: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    if not any(ch in spec for ch in "*?[") and not spec.endswith(".parquet"):
-        spec = spec.rstrip("/") + "/*.parquet"
-    try:
-        found = FileSystems.match([spec])[0].metadata_list
-    except Exception as e:  # noqa: BLE001 - report any filesystem error as a usage error
-        raise SystemExit(f"thresher score: cannot list {spec!r}: {e}")
-    return sorted(m.path for m in found)
-
-
 def resolve_inputs(spec: str) -> list[str]:
     """Sorted Parquet files named by a file, a directory, or a glob (local or a
     Beam filesystem URL such as ``gs://bucket/dir``)."""
-    if "://" in spec:
-        files = _resolve_remote(spec)
-        if not files:
-            raise SystemExit(f"thresher score: no Parquet files under {spec!r}")
-        return _unique_names(files)
-    spec = os.path.expanduser(spec)
-    if os.path.isdir(spec):
-        files = glob.glob(os.path.join(spec, "*.parquet"))
-    elif any(ch in spec for ch in "*?["):
-        files = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-    elif os.path.isfile(spec):
-        files = [spec]
-    else:
-        raise SystemExit(f"thresher score: input {spec!r} does not exist")
-    files = sorted(os.path.abspath(p) for p in files)
+    from pipelines.io import discover
+    from schemas.documents import InputError
+    try:
+        files = discover(os.path.expanduser(spec))
+    except InputError as e:
+        raise SystemExit(f"thresher score: {e}")
+    except Exception as e:  # noqa: BLE001 - report any filesystem error as a usage error
+        raise SystemExit(f"thresher score: cannot list {spec!r}: {e}")
     if not files:
         raise SystemExit(f"thresher score: no Parquet files under {spec!r}")
     return _unique_names(files)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
