@@ -158,7 +158,6 @@ def test_train_config_errors(tmp_path):
 
 def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
     """Three tiny LMs of different strength (trained here), their target loss as the score."""
-    from pipelines.preselect_cmd import train
     from scorers import fasttext_util as ftu
     from scorers import lmtrain
     wiki = pq.read_table(corpus("wiki_summaries.parquet"), columns=["id", "lang", "text"])
@@ -178,8 +177,13 @@ def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
     pq.write_table(pa.table({"id": wiki["id"].to_pylist()[200:], "text": train_txt}), pool / "wiki.parquet")
     pq.write_table(fort, pool / "fortunes.parquet")
     out = tmp_path / "ps"
-    card = train({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},
-                  "models": models, "scoring": {"device": "cpu", "max_length": 128}})
+    import yaml
+    from pipelines.cli import main
+    cfg = tmp_path / "preselect.yaml"
+    cfg.write_text(yaml.safe_dump({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},
+                                   "models": models, "scoring": {"device": "cpu", "max_length": 128}}))
+    assert main(["preselect", "train", str(cfg)]) == 0       # the CLI path users run
+    card = json.load(open(out / "card.json"))
     assert card["sampled_docs"] == 500 and card["ordered_model_pairs"] == 3
     assert card["labels"]["positives"] == card["labels"]["negatives"] > 0
     assert 0.0 <= card["validation_accuracy"] <= 1.0
