@@ -82,24 +82,12 @@ def py_shingles(text: str, n: int = NGRAM) -> list[str]:
 
 
 def _components_from_pairs(n: int, u, v):
-    """Cluster labels from candidate pairs (simple numpy union-find, same for all peers)."""
+    """Cluster labels from candidate pairs: thresher's union-find, the same for every peer
+    (only the datasketch and rensa workers call it; the datatrove worker clusters itself)."""
     import numpy as np
-    parent = np.arange(n, dtype=np.int64)
-    u = np.asarray(u, np.int64)
-    v = np.asarray(v, np.int64)
-    while len(u):
-        pu, pv = parent[u], parent[v]
-        split = pu != pv
-        if not split.any():
-            break
-        u, v, pu, pv = u[split], v[split], pu[split], pv[split]
-        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
-        while True:
-            pp = parent[parent]
-            if (pp == parent).all():
-                break
-            parent = pp
-    return parent
+    sys.path.insert(0, str(ROOT))
+    from scorers.minhash import union_find
+    return union_find(n, np.asarray(u, np.int64), np.asarray(v, np.int64))
 
 
 # ------------------------------------------------------------------------------------------

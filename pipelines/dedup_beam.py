@@ -174,26 +174,30 @@ def _attach(pairs: pa.Table, sigs: pa.Table, end: str) -> pa.Table:
     return pairs
 
 
+def _join(element, end: str):
+    """A partition of tagged pair and signature tables → pairs with ``end``'s signature attached."""
+    _, tagged = element
+    pairs = _concat([t for tag, t in tagged if tag == "pair"])
+    sigs = _concat([t for tag, t in tagged if tag == "sig"])
+    if pairs is None or sigs is None:
+        return None
+    return _attach(pairs, sigs, end)
+
+
 class JoinFirstFn(_StageFn):
     def process(self, element):
-        _, tagged = element
-        pairs = _concat([t for tag, t in tagged if tag == "pair"])
-        sigs = _concat([t for tag, t in tagged if tag == "sig"])
-        if pairs is None or sigs is None:
+        pairs = _join(element, "u")
+        if pairs is None:
             return
-        pairs = _attach(pairs, sigs, "u")
         yield from _route(pairs, part_of(_np(pairs["v"]).astype(np.uint64), self.parts), "pair")
 
 
 class VerifyFn(_StageFn):
     def process(self, element):
         from scorers.minhash import _fixed_list_to_numpy
-        _, tagged = element
-        pairs = _concat([t for tag, t in tagged if tag == "pair"])
-        sigs = _concat([t for tag, t in tagged if tag == "sig"])
-        if pairs is None or sigs is None:
+        pairs = _join(element, "v")
+        if pairs is None:
             return
-        pairs = _attach(pairs, sigs, "v")
         c = self.stage.config
         n = pairs.num_rows
         if c["verify"] == "none":
