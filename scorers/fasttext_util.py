@@ -281,7 +281,12 @@ def normalize_label(label: str, prefix: str = LABEL_PREFIX) -> str:
 
 
 def model_labels(model) -> list[str]:
-    """The model's labels without the label prefix, in the model's order."""
+    """The model's labels without the label prefix, in the model's order.
+
+    Accepts a fastText model or a :class:`scorers.fasttext_native.NativeFastText`.
+    """
+    if not hasattr(model, "get_labels"):
+        return [normalize_label(lab) for lab in model.labels]
     prefix = label_prefix(model)
     return [normalize_label(lab, prefix) for lab in model.get_labels()]
 

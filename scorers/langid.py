@@ -12,8 +12,13 @@ package's files, so nothing is downloaded. Any fastText ``.bin``/``.ftz``
 classifier whose labels are languages can be used instead (``model``:
 ``lid.176.bin``, GlotLID ``model.bin``, or one you trained).
 
-Whole documents are scored as one line (newlines become spaces), all rows of a
-batch in one call into fastText.
+Whole documents are scored as one line (newlines become spaces), as
+datatrove and fastText's own ``predict`` do. The default ``engine: native``
+scores a whole batch with thresher's array implementation of fastText
+inference (:mod:`scorers.fasttext_native`: same tokens, hashes, pruning and
+tree, so the same labels, probabilities within 1e-5), several times faster
+than calling fastText; ``engine: fasttext`` calls the fastText package
+instead (one call per batch).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import pyarrow.compute as pc
 
 from schemas import filters_lang_tox as F
 from scorers import fasttext_util as ftu
-from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between
+from scorers.fasttext_native import NativeFastText
+from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between, one_of
 
 
 def _check_languages(v: Any) -> Optional[str]:
@@ -55,6 +61,12 @@ class LanguageStage(LocalStage):
         "threshold": Param(float, 0.65, check=between(0.0, 1.0),
                            doc="reject rows whose top-language probability is below this "
                                "(0.65 as in datatrove); 0 disables"),
+        "engine": Param(str, "native", check=one_of("native", "fasttext"),
+                        doc="native: thresher's vectorised fastText inference (same results, "
+                            "faster); fasttext: call the fastText package"),
+        "cache_tokens": Param(int, 1_000_000, check=between(0),
+                              doc="native engine: distinct tokens whose embedding sums are "
+                                  "cached per worker (~150 bytes each for lid.176)"),
     }
     reasons = ("language.not_allowed", "language.low_score")
 
@@ -87,10 +99,17 @@ class LanguageStage(LocalStage):
     def setup(self) -> None:
         if self._model is not None:
             return
-        model = ftu.load_model(self.model_path())
-        self._prefix = ftu.label_prefix(model)
+        if self.config["engine"] == "native":
+            model = NativeFastText(self.model_path(), cache_tokens=self.config["cache_tokens"])
+            self._prefix = ftu.LABEL_PREFIX
+            self._names = pa.array([ftu.normalize_label(x) for x in model.labels], pa.string())
+            labels = [ftu.normalize_label(x) for x in model.labels]
+        else:
+            model = ftu.load_model(self.model_path())
+            self._prefix = ftu.label_prefix(model)
+            labels = ftu.model_labels(model)
         if self._keep is not None:
-            known = set(ftu.model_labels(model))
+            known = set(labels)
             unknown = [x for x in self._keep if x not in known]
             if unknown:
                 sample = ", ".join(sorted(known)[:12])
@@ -104,7 +123,12 @@ class LanguageStage(LocalStage):
         if self._model is None:
             self.setup()
         n = len(text)
-        labels, probs = ftu.predict_top(self._model, text, self._prefix)
+        if isinstance(self._model, NativeFastText):
+            idx, probs = self._model.predict_top(text)
+            labels = self._names.take(pa.array(idx, mask=idx < 0))
+            np.clip(probs, 0.0, 1.0, out=probs)   # fastText adds 1e-5 smoothing
+        else:
+            labels, probs = ftu.predict_top(self._model, text, self._prefix)
         masks = []
         if self._keep is not None:
             allowed = pc.fill_null(pc.is_in(labels, value_set=pa.array(self._keep, pa.string())), False)
