@@ -64,6 +64,9 @@ _LOG_FLOOR = float(np.log(np.float32(1e-5))) - 1e-6
 # output layers up to this many weights are applied with einsum (batch-independent);
 # larger ones (thousands of labels) with BLAS
 _EINSUM_MAX = 1 << 16
+# dictionaries up to this size are searched with Arrow's index_in (rebuilt per batch of new
+# tokens); bigger ones through a Python dict
+_ARROW_VOCAB_MAX = 200_000
 
 LOSS_NAMES = {1: "hs", 2: "ns", 3: "softmax", 4: "ova"}
 _SUPERVISED = 3
@@ -164,15 +167,15 @@ def _read_matrix(r: _Layout, quantized: bool, path: str, what: str) -> np.ndarra
     return mat
 
 
-def _huffman_paths(counts: np.ndarray):
-    """fastText's hierarchical-softmax tree (HierarchicalSoftmaxLoss::buildTree).
+def _huffman_levels(counts: np.ndarray):
+    """fastText's hierarchical-softmax tree (HierarchicalSoftmaxLoss::buildTree), by depth.
 
-    Returns sparse matrices ``(right, left)``, labels x internal nodes, with a 1
-    where the node is on the label's path and the path goes right (binary
-    code 1: log f) or left (code 0: log(1 - f)).
+    Returns a list, root first, of one ``(right_nodes, right_parents, left_nodes,
+    left_parents)`` tuple per depth: the tree nodes at that depth reached by
+    going right (binary code 1, score += log f) and left (score += log(1 - f)),
+    with their parents' internal-node index (parent - labels). Leaves are
+    nodes 0..labels-1, the root is node 2 * labels - 2.
     """
-    import scipy.sparse as sps
-
     osz = len(counts)
     total = 2 * osz - 1
     parent = np.full(total, -1, np.int64)
@@ -193,21 +196,15 @@ def _huffman_paths(counts: np.ndarray):
         parent[mini[0]] = i
         parent[mini[1]] = i
         binary[mini[1]] = True
-    rows_r, cols_r, rows_l, cols_l = [], [], [], []
-    for i in range(osz):
-        j = i
-        while parent[j] != -1:
-            if binary[j]:
-                rows_r.append(i)
-                cols_r.append(parent[j] - osz)
-            else:
-                rows_l.append(i)
-                cols_l.append(parent[j] - osz)
-            j = parent[j]
-    shape = (osz, max(osz - 1, 1))
-    right = sps.csr_matrix((np.ones(len(rows_r), np.float64), (rows_r, cols_r)), shape=shape)
-    left = sps.csr_matrix((np.ones(len(rows_l), np.float64), (rows_l, cols_l)), shape=shape)
-    return right, left
+    depth = np.zeros(total, np.int64)
+    for i in range(total - 2, -1, -1):      # parents have higher numbers than children
+        depth[i] = depth[parent[i]] + 1
+    levels = []
+    for d in range(1, int(depth.max()) + 1 if total > 1 else 1):
+        at = np.flatnonzero(depth == d)
+        r, lft = at[binary[at]], at[~binary[at]]
+        levels.append((r, parent[r] - osz, lft, parent[lft] - osz))
+    return levels
 
 
 def _offsets_and_data(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -269,6 +266,7 @@ class NativeFastText:
         self.words = words
         self.labels = [w.decode("utf-8", "replace") for w in words[self.nwords:]]
         self._entry = {w: i for i, w in enumerate(words)}
+        self._entries = pa.array(words, pa.large_binary()) if size <= _ARROW_VOCAB_MAX else None
         # bucket -> input row + 1 (0: pruned away); None: every bucket is a row
         if prune >= 0:
             small = self.input.shape[0] < np.iinfo(np.uint16).max
@@ -279,7 +277,7 @@ class NativeFastText:
         else:
             self._bucket_rows = None
         if self.loss == 1:
-            self._right, self._left = _huffman_paths(np.asarray(counts[self.nwords:], np.int64))
+            self._levels = _huffman_levels(np.asarray(counts[self.nwords:], np.int64))
         # cache: token bytes -> row of (sum of rows..., number of rows), kind, word hash
         self._lock = threading.Lock()
         self._table = _TokenTable()
@@ -287,8 +285,9 @@ class NativeFastText:
         self._kind = np.zeros(1024, np.int8)
         self._hash = np.zeros(1024, np.int32)
         self._size = 0
+        self._ones_buf = np.ones(0, np.float32)
         first = pa.array([b"", _EOS], pa.large_binary())
-        vec, kind, whash = self._token_table(first, [b"", _EOS])
+        vec, kind, whash = self._token_table(first)
         offs, data = _offsets_and_data(first)
         self._append(_token_keys(offs, data) + (offs, data), vec, kind, whash)
         self._eos_row = 1
@@ -323,11 +322,8 @@ class NativeFastText:
         else:
             logits = hidden @ out.T
         if self.loss == 1:
-            f = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -80, 80)))
-            lf = np.log(f + 1e-5)
-            lg = np.log(1.0 - f + 1e-5)
-            s = np.asarray((self._right @ lf.T).T + (self._left @ lg.T).T)
-        elif self.loss == 3:
+            return self._tree_scores(logits), valid
+        if self.loss == 3:
             z = logits.astype(np.float64)
             z -= z.max(axis=1, keepdims=True) if z.size else 0
             np.exp(z, out=z)
@@ -336,6 +332,19 @@ class NativeFastText:
         else:   # ns / ova: one sigmoid per label, from fastText's lookup table
             s = np.log(_table_sigmoid(logits).astype(np.float64) + 1e-5)
         return s, valid
+
+    def _tree_scores(self, logits: np.ndarray) -> np.ndarray:
+        """Log-probability of every leaf: the root-to-leaf sums of fastText's DFS, in float32."""
+        n = logits.shape[0]
+        with np.errstate(over="ignore"):
+            f = 1.0 / (1.0 + np.exp(-logits.T))               # internal nodes x rows
+        lf = np.log(f + np.float32(1e-5))
+        lg = np.log(np.float32(1.0) - f + np.float32(1e-5))
+        score = np.zeros((2 * self.nlabels - 1, n), np.float32)
+        for right, rparent, left, lparent in self._levels:
+            score[right] = score[rparent + self.nlabels] + lf[rparent]
+            score[left] = score[lparent + self.nlabels] + lg[lparent]
+        return score[: self.nlabels].T
 
     def predict_top(self, text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Top label index (-1: none) and its probability, per row (fastText k=1)."""
@@ -378,28 +387,36 @@ class NativeFastText:
         offsets = offsets - offsets[0]
         tokens = split.flatten()
         with self._lock:   # the cache (and its scratch rows) serve one batch at a time
+            has_eos = False
             if len(tokens) == 0:
-                rows = np.zeros(0, np.int64)
+                rows = np.zeros(0, np.int32)
             else:
                 enc = pc.dictionary_encode(tokens)
                 dictionary = enc.dictionary.cast(pa.large_binary())
-                rows = self._rows(dictionary)[np.asarray(enc.indices, np.int64)]
+                drows = self._rows(dictionary)
+                has_eos = bool((self._kind[drows] == _EOS_KIND).any())
+                rows = drows.astype(np.int32)[np.asarray(enc.indices)]
             vec, kind, whash = self._vec, self._kind, self._hash
-            tok_kind = kind[rows]
             ends_with_eos = np.zeros(n, bool)
-            if (tok_kind == _EOS_KIND).any():
-                rows, offsets, ends_with_eos = _cut_at_eos(rows, offsets, tok_kind == _EOS_KIND)
-                tok_kind = kind[rows]
-            docs = sps.csr_matrix((np.ones(len(rows), np.float32), rows, offsets),
-                                  shape=(n, len(vec)))
+            if has_eos:
+                rows, offsets, ends_with_eos = _cut_at_eos(rows, offsets, kind[rows] == _EOS_KIND)
+            offsets = offsets.astype(np.int32)
+            docs = sps.csr_matrix((self._ones(len(rows)), rows, offsets), shape=(n, len(vec)))
             acc = np.asarray(docs @ vec, np.float32)
             acc[~ends_with_eos] += vec[self._eos_row]
             if self.word_ngrams > 1:
-                acc += self._word_ngrams(rows, offsets, tok_kind, whash, ends_with_eos)
+                acc += self._word_ngrams(rows, offsets, kind[rows], whash, ends_with_eos)
         count = acc[:, -1]
         valid = count > 0
         hidden = acc[:, :-1] / np.where(valid, count, 1)[:, None]
         return hidden, valid
+
+    def _ones(self, n: int) -> np.ndarray:
+        """A read-only float32 array of n ones (the values of the sparse count matrices)."""
+        if len(self._ones_buf) < n:
+            self._ones_buf = np.ones(max(n, 2 * len(self._ones_buf)), np.float32)
+            self._ones_buf.flags.writeable = False
+        return self._ones_buf[:n]
 
     def _word_ngrams(self, rows, offsets, tok_kind, whash, ends_with_eos) -> np.ndarray:
         """Sums and counts of the word n-gram rows of every document (Dictionary::addWordNgrams)."""
@@ -456,7 +473,7 @@ class NativeFastText:
         if len(new) == 0:
             return rows
         fresh = dictionary.take(pa.array(new))
-        vec, kind, whash = self._token_table(fresh, fresh.to_pylist())
+        vec, kind, whash = self._token_table(fresh)
         keep = min(max(self.cache_tokens - self._size, 0), len(new))
         if keep:
             noffs, ndata = _offsets_and_data(fresh[:keep])
@@ -488,7 +505,7 @@ class NativeFastText:
             self._size = end
         return rows
 
-    def _token_table(self, tokens: pa.Array, keys: list):
+    def _token_table(self, tokens: pa.Array, keys: Optional[list] = None):
         """For distinct tokens: (sum of their input rows + count [u, dim+1], kind, word hash)."""
         import scipy.sparse as sps
 
@@ -496,7 +513,11 @@ class NativeFastText:
         offs, data = _offsets_and_data(tokens)
         lens = np.diff(offs)
         # dictionary entry of each token (words, labels, </s>)
-        ent = np.fromiter(map(self._entry.get, keys, itertools.repeat(-1)), np.int64, u)
+        if self._entries is not None:
+            ent = np.asarray(pc.index_in(tokens, value_set=self._entries).fill_null(-1), np.int64)
+        else:
+            keys = tokens.to_pylist() if keys is None else keys
+            ent = np.fromiter(map(self._entry.get, keys, itertools.repeat(-1)), np.int64, u)
         is_label = ent >= self.nwords
         unknown = ent < 0
         if unknown.any():
@@ -512,7 +533,12 @@ class NativeFastText:
         # character n-grams of "<token>", for word tokens other than </s>
         sub = (kind == _WORD) & ~is_eos & (self.maxn > 0)
         nrows_cols = []   # (token index array, input row + 1 array) pieces, token-sorted
-        grams_tok, grams_row = self._char_ngrams(offs, data, sub)
+        if sub.all():
+            grams_tok, grams_row = self._char_ngrams(offs, data)
+        else:
+            pick = np.flatnonzero(sub)
+            grams_tok, grams_row = self._char_ngrams(*_offsets_and_data(tokens.take(pa.array(pick))))
+            grams_tok = pick[grams_tok]
         # word rows (in-vocabulary words, and </s> when it is in the vocabulary)
         has_word = (word_id >= 0) & (kind != _SKIP)
         wt = np.flatnonzero(has_word)
@@ -532,22 +558,19 @@ class NativeFastText:
         vec[:, -1] = np.diff(indptr)
         return vec, kind, whash
 
-    def _char_ngrams(self, offs: np.ndarray, data: np.ndarray, which: np.ndarray):
-        """(token, input row + 1) of the kept character n-grams of the ``which`` tokens."""
-        idx = np.flatnonzero(which)
-        if len(idx) == 0:
+    def _char_ngrams(self, offs: np.ndarray, data: np.ndarray):
+        """(token, input row + 1) of the kept character n-grams of every token."""
+        u = len(offs) - 1
+        if u == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        lens = np.diff(offs)[idx]
-        # bytes of "<token>" for every selected token, back to back
-        bo = np.zeros(len(idx) + 1, np.int64)
-        np.cumsum(lens + 2, out=bo[1:])
+        # bytes of "<token>" for every token, back to back
+        bo = offs + 2 * np.arange(u + 1)
         total = int(bo[-1])
         buf = np.empty(total + 8, np.uint8)
         inner = np.ones(total, bool)
         inner[bo[:-1]] = False
         inner[bo[1:] - 1] = False
-        src = np.repeat(offs[idx] - bo[:-1] - 1, lens + 2)[inner] + np.flatnonzero(inner)
-        buf[:total][inner] = data[src]
+        buf[:total][inner] = data
         buf[bo[:-1]] = 0x3C   # '<'
         buf[bo[1:] - 1] = 0x3E   # '>'
         buf[total:] = 0
@@ -555,12 +578,9 @@ class NativeFastText:
         lead = (buf[:total] & 0xC0) != 0x80
         starts = np.flatnonzero(lead)
         nstart = len(starts)
-        nchar = np.add.reduceat(lead.astype(np.int64), bo[:-1])
-        owner = np.repeat(np.arange(len(idx)), nchar)
-        last = np.zeros(len(idx) + 1, np.int64)
-        np.cumsum(nchar, out=last[1:])
-        remaining = last[1:][owner] - np.arange(nstart)     # characters from here to the end
-        first = remaining == nchar[owner]
+        nchar = np.add.reduceat(lead, bo[:-1], dtype=np.int64)
+        last = np.cumsum(nchar)
+        remaining = np.repeat(last, nchar) - np.arange(nstart)   # characters from here to the end
         maxn, minn = self.maxn, max(self.minn, 1)
         sp = np.empty(nstart + maxn + 1, np.int64)
         sp[:nstart] = starts
@@ -569,7 +589,7 @@ class NativeFastText:
         multi = np.flatnonzero(clen[:nstart] > 1)
         h = np.full(nstart, _FNV_OFFSET, np.uint32)
         ncol = maxn - minn + 1
-        out = np.zeros((nstart, ncol), np.int32)
+        out = np.zeros((ncol, nstart), np.int32)    # input row + 1 of n-gram (n, start); 0: none
         for n in range(1, maxn + 1):
             cs = sp[n - 1: n - 1 + nstart]
             h ^= sext[cs]
@@ -586,13 +606,15 @@ class NativeFastText:
                     m, cl, base = m[sel], cl[sel], base[sel]
                     h[m] = (h[m] ^ sext[base + k]) * _FNV_PRIME
             if n >= minn:
-                r = np.where(remaining >= n, self._bucket_row_array(h % np.uint32(self.bucket)), 0)
+                row = out[n - minn]
+                row[:] = self._bucket_row_array(h % np.uint32(self.bucket))
+                row *= remaining >= n
                 if n == 1:   # a lone '<' or '>' is not an n-gram
-                    r[first | (remaining == 1)] = 0
-                out[:, n - minn] = r
+                    row[(remaining == np.repeat(nchar, nchar)) | (remaining == 1)] = 0
         flat = out.ravel()
         nz = np.flatnonzero(flat)
-        return idx[owner[nz // ncol]], flat[nz].astype(np.int64)
+        owner = np.repeat(np.arange(u), nchar)
+        return owner[nz % nstart], flat[nz].astype(np.int64)
 
     @staticmethod
     def _word_hashes(offs: np.ndarray, data: np.ndarray) -> np.ndarray:

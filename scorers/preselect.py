@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from schemas import columns as C
 from schemas.preselect import PRESELECT_SCORE
-from scorers.base import GlobalStage, Param, ParamError, between
+from scorers.base import GlobalStage, Param, ParamError, between, one_of
 
 FASTTEXT_PARAMS = {"epoch": 3, "lr": 0.1, "wordNgrams": 2}
 
@@ -141,6 +141,9 @@ class PreSelect(GlobalStage):
         "top_fraction_docs": Param(float, None, "keep the top fraction of documents", between(0.0, 1.0),
                                    nullable=True),
         "label": Param(str, "1", "the positive label"),
+        "engine": Param(str, "native", "fastText inference: native (thresher's vectorised "
+                                       "implementation, same scores) or fasttext (the package)",
+                        one_of("native", "fasttext")),
     }
     reasons = ("preselect.below_threshold",)
 
@@ -157,9 +160,9 @@ class PreSelect(GlobalStage):
             raise ParamError(prefix + "model", f"fastText model {path!r} does not exist")
 
     def setup(self) -> None:
-        from scorers.fasttext_util import load_model
+        from scorers.fasttext_util import load_classifier
         if getattr(self, "_model", None) is None:
-            self._model = load_model(self.config["model"])
+            self._model = load_classifier(self.config["model"], self.config["engine"])
 
     def __getstate__(self):
         d = dict(self.__dict__)

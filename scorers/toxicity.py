@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 
 from schemas import filters_lang_tox as F
 from scorers import fasttext_util as ftu
-from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between
+from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between, one_of
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "badwords")
 
@@ -538,7 +538,7 @@ def _read_card(model_path: str) -> dict:
 class ToxicityClassifier:
     """A loaded classifier: ``predict(text) -> float32 P(toxic)``."""
 
-    def __init__(self, path: str, label: Optional[str] = None):
+    def __init__(self, path: str, label: Optional[str] = None, engine: str = "native"):
         self.path = path
         card = _read_card(path)
         target = path
@@ -559,7 +559,7 @@ class ToxicityClassifier:
             self.model = None
             self.label = None
             return
-        self.model = ftu.load_model(target)
+        self.model = ftu.load_classifier(target, engine)
         labels = ftu.model_labels(self.model)
         want = label or card.get("positive_label") or ("toxic" if "toxic" in labels else None)
         if want is None or ftu.normalize_label(want) not in labels:
@@ -608,6 +608,9 @@ class ToxicityStage(LocalStage):
                                  "card.json, else 'toxic')"),
         "threshold": Param(float, 0.5, check=between(0.0, 1.0),
                            doc="reject when the classifier's P(toxic) >= threshold"),
+        "engine": Param(str, "native", check=one_of(*ftu.ENGINES),
+                        doc="fastText classifier: native (thresher's vectorised inference, same "
+                            "scores) or fasttext (the fastText package)"),
         "profanity_check": Param(bool, False,
                                  doc="also score with alt-profanity-check (column toxicity_profanity)"),
         "profanity_threshold": Param(float, None, nullable=True, check=between(0.0, 1.0),
@@ -651,7 +654,8 @@ class ToxicityStage(LocalStage):
         if self._words is None:
             self._words = WordListScorer(self.config["wordlists"])
         if self.config["model"] and self._clf is None:
-            self._clf = ToxicityClassifier(self.config["model"], self.config["model_label"])
+            self._clf = ToxicityClassifier(self.config["model"], self.config["model_label"],
+                                           self.config["engine"])
         if self.config["profanity_check"] and self._profanity is None:
             self._profanity = load_profanity_check()
 

@@ -304,3 +304,25 @@ def test_50mb_document_in_bounded_time_and_memory():
     assert float(got["seconds"]) < 20, got
     assert float(got["memory"]) < 2500, got
     assert got["short"] == "en None"
+
+
+def test_toxicity_and_preselect_engines_agree(models, tmp_path):
+    from scorers.preselect import PreSelect
+    from scorers.toxicity import ToxicityStage
+
+    docs = texts()
+    arr = pa.array(docs, pa.string())
+    batch = pa.table({"text": arr})
+    out = {}
+    for engine in ("native", "fasttext"):
+        st = ToxicityStage(model=models["softmax_bigram"], model_label="hate", engine=engine)
+        st.setup()
+        out[engine] = st.process(arr, batch)
+    a = np.asarray(out["native"].columns[F.TOXICITY_SCORE])
+    b = np.asarray(out["fasttext"].columns[F.TOXICITY_SCORE])
+    assert np.abs(a - b).max() < 1e-4
+    assert b.max() - b.min() > 0.2          # the scores do vary on this text
+    # PreSelect's score is P(label) of a fastText classifier: both engines alike
+    ps = {e: PreSelect(model=models["ova_unigram"], label="neither", engine=e).score(arr)
+          for e in ("native", "fasttext")}
+    assert np.abs(ps["native"] - ps["fasttext"]).max() < 1e-4
