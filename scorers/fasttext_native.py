@@ -68,6 +68,13 @@ _EINSUM_MAX = 1 << 16
 # tokens); bigger ones through a Python dict
 _ARROW_VOCAB_MAX = 200_000
 
+try:   # optional compiled n-gram kernel (setup.py); the numpy code gives the same pairs
+    from scorers import _ftnative as _KERNEL
+except ImportError:   # pragma: no cover - depends on the build
+    _KERNEL = None
+if os.environ.get("THRESHER_NO_C_KERNEL"):
+    _KERNEL = None
+
 LOSS_NAMES = {1: "hs", 2: "ns", 3: "softmax", 4: "ova"}
 _SUPERVISED = 3
 
@@ -286,6 +293,7 @@ class NativeFastText:
         self._hash = np.zeros(1024, np.int32)
         self._size = 0
         self._ones_buf = np.ones(0, np.float32)
+        self.use_kernel = True     # the compiled n-gram kernel when built (same results)
         first = pa.array([b"", _EOS], pa.large_binary())
         vec, kind, whash = self._token_table(first)
         offs, data = _offsets_and_data(first)
@@ -560,6 +568,38 @@ class NativeFastText:
 
     def _char_ngrams(self, offs: np.ndarray, data: np.ndarray):
         """(token, input row + 1) of the kept character n-grams of every token."""
+        if self.use_kernel and _KERNEL is not None:
+            return self._char_ngrams_kernel(offs, data)
+        return self._char_ngrams_numpy(offs, data)
+
+    def _char_ngrams_kernel(self, offs: np.ndarray, data: np.ndarray):
+        """The compiled kernel over chunks of about 4 MB of token bytes (bounded memory)."""
+        u = len(offs) - 1
+        minn = max(self.minn, 1)
+        ncol = self.maxn - minn + 1
+        table = self._bucket_rows
+        if table is None:
+            table = np.zeros(0, np.uint16)
+        data = np.ascontiguousarray(data, np.uint8)
+        toks, rows = [], []
+        lo = 0
+        while lo < u:
+            hi = int(np.searchsorted(offs, offs[lo] + (1 << 22), side="right")) - 1
+            hi = min(max(hi, lo + 1), u)
+            o = np.ascontiguousarray(offs[lo:hi + 1] - offs[lo], np.int64)
+            cap = max((int(o[-1]) + 2 * (hi - lo)) * ncol, 1)
+            tok = np.empty(cap, np.int32)
+            row = np.empty(cap, np.int32)
+            k = _KERNEL.char_ngrams(data[offs[lo]:offs[hi]], o, table, table.itemsize, self.nwords,
+                                    self.bucket, minn, self.maxn, tok, row)
+            toks.append(tok[:k].astype(np.int64) + lo)
+            rows.append(row[:k].astype(np.int64))
+            lo = hi
+        if not toks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(toks), np.concatenate(rows)
+
+    def _char_ngrams_numpy(self, offs: np.ndarray, data: np.ndarray):
         u = len(offs) - 1
         if u == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -326,3 +326,27 @@ def test_toxicity_and_preselect_engines_agree(models, tmp_path):
     ps = {e: PreSelect(model=models["ova_unigram"], label="neither", engine=e).score(arr)
           for e in ("native", "fasttext")}
     assert np.abs(ps["native"] - ps["fasttext"]).max() < 1e-4
+
+
+@pytest.mark.skipif(fn._KERNEL is None, reason="compiled n-gram kernel not built")
+@pytest.mark.parametrize("name", ["lid.176.ftz", "softmax_bigram", "ova_unigram"])
+def test_compiled_kernel_equals_numpy_bit_for_bit(models, name):
+    arr = pa.array(texts(), pa.string())
+    with_kernel = NativeFastText(models[name])
+    numpy_only = NativeFastText(models[name])
+    numpy_only.use_kernel = False
+    np.testing.assert_array_equal(with_kernel.hidden(arr)[0], numpy_only.hidden(arr)[0])
+    # the raw pairs too, including a token longer than the kernel's 4 MB chunks
+    toks = pa.array([b"ab", b"\xc3\xa9t\xc3\xa9", b"x" * 5_000_000, b"", b"</s>"], pa.large_binary())
+    offs, data = fn._offsets_and_data(toks)
+    k_tok, k_row = with_kernel._char_ngrams_kernel(offs, data)
+    n_tok, n_row = numpy_only._char_ngrams_numpy(offs, data)
+    order = np.lexsort((n_row, n_tok))
+    korder = np.lexsort((k_row, k_tok))
+    np.testing.assert_array_equal(k_tok[korder], n_tok[order])
+    np.testing.assert_array_equal(k_row[korder], n_row[order])
+    table = with_kernel._bucket_rows if with_kernel._bucket_rows is not None else np.zeros(0, np.uint16)
+    with pytest.raises(ValueError, match="too small"):
+        fn._KERNEL.char_ngrams(data, offs, table, table.itemsize,
+                               with_kernel.nwords, with_kernel.bucket, 2, 4,
+                               np.empty(3, np.int32), np.empty(3, np.int32))
