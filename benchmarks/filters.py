@@ -185,18 +185,20 @@ def run_thresher_langid(stage: LanguageStage, model, text: pa.Array, pytexts: li
     return t_stage, t_plain, pa.concat_arrays(reasons).to_pylist(), plain_keep
 
 
-def pipeline_config(shards_dir: str, out_dir: str, stage: dict) -> dict:
-    return {"input": {"path": shards_dir, "id_column": "id"}, "output": out_dir,
+def pipeline_config(shards_dir: str, out_dir: str, stage: dict, batch_rows: int = 2000) -> dict:
+    return {"input": {"path": shards_dir, "id_column": "id", "batch_rows": batch_rows},
+            "output": out_dir,
             "stages": [stage],
             "pipeline_options": {"direct_num_workers": 1, "direct_running_mode": "in_memory"}}
 
 
-def run_whole_stage(shards_dir: str, out_dir: str, stage: dict) -> tuple[float, dict, dict]:
+def run_whole_stage(shards_dir: str, out_dir: str, stage: dict,
+                    batch_rows: int) -> tuple[float, dict, dict]:
     """``api.run`` with one stage, end to end; returns (wall seconds, stats, reason by id)."""
     from pipelines import api
 
     t0 = time.perf_counter()
-    stats = api.run(pipeline_config(shards_dir, out_dir, stage), progress=False)
+    stats = api.run(pipeline_config(shards_dir, out_dir, stage, batch_rows), progress=False)
     dt = time.perf_counter() - t0
     by_id = dict.fromkeys(pq.read_table(os.path.join(out_dir, "kept"), columns=["id"])
                           .column("id").to_pylist())
@@ -229,7 +231,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=0, help="first N documents (0: all)")
     ap.add_argument("--filters", default=",".join(FILTERS))
-    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--batch-size", type=int, default=5000,
+                    help="rows per Arrow batch: the loop's batches and the whole stage's "
+                         "input.batch_rows")
+    ap.add_argument("--whole-batch-rows", type=int, default=0,
+                    help="input.batch_rows of the whole-stage runs if not --batch-size "
+                         "(thresher's default is 2000)")
     default_py = "/work/bench-venv/bin/python" if os.path.exists("/work/bench-venv/bin/python") else sys.executable
     ap.add_argument("--datatrove-python", default=default_py)
     ap.add_argument("--examples", type=int, default=3, help="example ids per disagreement class")
@@ -259,7 +266,8 @@ def main() -> None:
     n = len(ids)
     print(f"documents: {n} ({sum(len(t) for t in pytexts):,} characters) from {', '.join(FILES)}")
     print(f"machine: {os.cpu_count()} CPUs, load average (1/5/15 min) {loadavg()} at start; "
-          f"thresher batch size {args.batch_size}; datatrove python {args.datatrove_python}")
+          f"thresher batch size {args.batch_size} (whole stage: input.batch_rows "
+          f"{args.whole_batch_rows or args.batch_size}); datatrove python {args.datatrove_python}")
     if "language" in names:
         print(f"language filter: model {lid_model}; keep {languages} with probability > "
               f"{args.lid_threshold} (both sides)")
@@ -308,7 +316,8 @@ def main() -> None:
                 if not args.no_whole_stage:
                     out_dir = os.path.join(work, f"out_{name}_{rnd}")
                     t, ws_stats, ws_by_id = run_whole_stage(
-                        shards_dir, out_dir, {"name": name, **th_params})
+                        shards_dir, out_dir, {"name": name, **th_params},
+                        args.whole_batch_rows or args.batch_size)
                     ws_s = min(ws_s, t)
                     ws_reasons = [ws_by_id.get(i, "missing") for i in ids]
                     shutil.rmtree(out_dir, ignore_errors=True)

@@ -141,9 +141,10 @@ class PreSelect(GlobalStage):
         "top_fraction_docs": Param(float, None, "keep the top fraction of documents", between(0.0, 1.0),
                                    nullable=True),
         "label": Param(str, "1", "the positive label"),
-        "engine": Param(str, "native", "fastText inference: native (thresher's vectorised "
-                                       "implementation, same scores) or fasttext (the package)",
-                        one_of("native", "fasttext")),
+        "engine": Param(str, "fasttext", "fastText inference: fasttext (the package; fastest for "
+                                         "PreSelect's word-bigram classifier without character "
+                                         "n-grams) or native (thresher's vectorised implementation, "
+                                         "same scores)", one_of("native", "fasttext")),
     }
     reasons = ("preselect.below_threshold",)
 
