@@ -272,8 +272,10 @@ class NativeFastText:
         self.quantized = qin
         self.words = words
         self.labels = [w.decode("utf-8", "replace") for w in words[self.nwords:]]
-        self._entry = {w: i for i, w in enumerate(words)}
-        self._entries = pa.array(words, pa.large_binary()) if size <= _ARROW_VOCAB_MAX else None
+        # the dictionary's entries: an Arrow array for index_in, or a dict for big vocabularies
+        small_vocab = size <= _ARROW_VOCAB_MAX
+        self._entries = pa.array(words, pa.large_binary()) if small_vocab else None
+        self._entry = None if small_vocab else {w: i for i, w in enumerate(words)}
         # bucket -> input row + 1 (0: pruned away); None: every bucket is a row
         if prune >= 0:
             small = self.input.shape[0] < np.iinfo(np.uint16).max

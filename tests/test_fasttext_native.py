@@ -350,3 +350,13 @@ def test_compiled_kernel_equals_numpy_bit_for_bit(models, name):
         fn._KERNEL.char_ngrams(data, offs, table, table.itemsize,
                                with_kernel.nwords, with_kernel.bucket, 2, 4,
                                np.empty(3, np.int32), np.empty(3, np.int32))
+
+
+def test_big_vocabulary_path_gives_the_same_rows(models, monkeypatch):
+    """Dictionaries over _ARROW_VOCAB_MAX entries are searched through a Python dict."""
+    arr = pa.array(texts(), pa.string())
+    want = NativeFastText(models["softmax_bigram"]).hidden(arr)[0]
+    monkeypatch.setattr(fn, "_ARROW_VOCAB_MAX", 0)
+    nat = NativeFastText(models["softmax_bigram"])
+    assert nat._entries is None and nat._entry
+    np.testing.assert_array_equal(nat.hidden(arr)[0], want)
