@@ -318,7 +318,8 @@ class NativeFastText:
     def scores(self, text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Per-row log-probability of every label, as fastText computes them.
 
-        Returns ``(scores [rows, labels] float64, valid [rows] bool)``; a row
+        Returns ``(scores [rows, labels], valid [rows] bool)`` (float32 for the
+        hierarchical softmax, which fastText sums in float32; float64 else); a row
         is invalid when it contributes no embedding row at all (fastText
         would divide by zero), which cannot happen while ``</s>`` is in the
         vocabulary.
@@ -410,7 +411,8 @@ class NativeFastText:
             ends_with_eos = np.zeros(n, bool)
             if has_eos:
                 rows, offsets, ends_with_eos = _cut_at_eos(rows, offsets, kind[rows] == _EOS_KIND)
-            offsets = offsets.astype(np.int32)
+            if offsets[-1] < np.iinfo(np.int32).max:
+                offsets = offsets.astype(np.int32)
             docs = sps.csr_matrix((self._ones(len(rows)), rows, offsets), shape=(n, len(vec)))
             acc = np.asarray(docs @ vec, np.float32)
             acc[~ends_with_eos] += vec[self._eos_row]
