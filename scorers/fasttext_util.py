@@ -11,6 +11,9 @@ Shared by every stage that scores text with a fastText ``.bin``/``.ftz`` model
 * :func:`predict_top` and :func:`predict_label_prob` score a whole Arrow string
   array with one call into fastText (``multilinePredict``), so the per-document
   Python overhead is a list element, not a function call.
+* :func:`load_classifier` returns either a fastText model or thresher's
+  :class:`scorers.fasttext_native.NativeFastText` (same results, array
+  implementation); :func:`predict_top` and :func:`predict_label_prob` take both.
 * fastText predicts one *line* at a time: a newline ends the input, so
   everything after the first newline would be ignored. :func:`prepare_lines`
   replaces newlines by spaces and appends the end-of-line fastText's own
