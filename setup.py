@@ -1,15 +1,15 @@
 """Build hook for the one optional compiled kernel (everything else is in pyproject.toml).
 
-``scorers._ftnative`` speeds up the native fastText engine's character n-gram
+``thresher.scorers.classifiers._ftnative`` speeds up the native fastText engine's character n-gram
 hashing. It is optional: without a C compiler the build skips it and
-``scorers.fasttext_native`` uses its numpy implementation, which gives the
+``thresher.scorers.classifiers.fasttext_native`` uses its numpy implementation, which gives the
 same results.
 """
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("scorers._ftnative", ["scorers/_ftnative.c"], optional=True,
+        Extension("thresher.scorers.classifiers._ftnative", ["scorers/classifiers/_ftnative.c"], optional=True,
                   extra_compile_args=["-O3"]),
     ],
 )

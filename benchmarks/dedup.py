@@ -85,8 +85,7 @@ def _components_from_pairs(n: int, u, v):
     """Cluster labels from candidate pairs: thresher's union-find, the same for every peer
     (only the datasketch and rensa workers call it; the datatrove worker clusters itself)."""
     import numpy as np
-    sys.path.insert(0, str(ROOT))
-    from scorers.minhash import union_find
+    from thresher.scorers.dedup.components import union_find
     return union_find(n, np.asarray(u, np.int64), np.asarray(v, np.int64))
 
 
@@ -98,9 +97,8 @@ def worker_thresher(data: Path, out: Path, variant: str) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    sys.path.insert(0, str(ROOT))
-    from schemas import columns as C
-    from scorers.minhash import MinHashDedup
+    from thresher.schemas import columns as C
+    from thresher.scorers.dedup.minhash import MinHashDedup
 
     params = dict(ngram=NGRAM, num_perm=NUM_PERM, threshold=THRESHOLD, seed=SEED, device="cpu")
     if variant == "cuda":
@@ -185,7 +183,6 @@ def _removed(labels) -> int:
 
 
 def worker_datasketch(data: Path, out: Path) -> dict:
-    import numpy as np
     from datasketch import MinHash, MinHashLSH
     t0, w0 = _cpu(), time.time()
     ids, texts = _read_texts(data)
@@ -250,13 +247,17 @@ def worker_rensa(data: Path, out: Path) -> dict:
 def worker_datatrove(data: Path, out: Path) -> dict:
     """Runs in the datatrove virtualenv; must not import thresher."""
     import logging
-    import numpy as np
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datatrove.executor.local import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
-                                                  MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.text import TextNormConfig
@@ -317,12 +318,12 @@ def worker_pipeline(data: Path, out: Path, workers: int) -> dict:
     shards, minhash_dedup (defaults: word 5-grams, 14 x 8, exact-Jaccard
     verification, union-find), writing kept/ and rejected/, reconciling counts."""
     import logging
+
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
-    sys.path.insert(0, str(ROOT))
     logging.getLogger().setLevel(logging.ERROR)
-    from pipelines.api import run
+    from thresher.pipelines.api import run
     t0, w0 = _cpu(), time.time()
     res_dir = out / "pipeline"
     shutil.rmtree(res_dir, ignore_errors=True)
@@ -381,7 +382,6 @@ def run_worker(system: str, data: Path, out: Path, python: str, timeout: int) ->
 def score(data: Path, pred_path: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
-    sys.path.insert(0, str(HERE))
     import neardup_data as ND
     truth = pq.read_table(data / "truth.parquet")
     pred = pq.read_table(pred_path)

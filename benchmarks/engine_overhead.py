@@ -17,7 +17,6 @@ import glob
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from multiprocessing import Pool
@@ -28,7 +27,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 CORPORA = os.path.join(os.path.dirname(ROOT), "shared", "corpora")
 
 
@@ -88,7 +86,7 @@ def run_plain(paths, out, procs: int) -> float:
 
 
 def run_thresher(inp, out, workers: int) -> float:
-    from pipelines.api import run
+    from thresher.pipelines.api import run
     shutil.rmtree(out, ignore_errors=True)
     mode = "multi_processing" if workers > 1 else "in_memory"
     t0 = time.perf_counter()

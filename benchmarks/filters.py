@@ -13,7 +13,7 @@ Two thresher numbers per filter:
 
 * **loop**: the stage's ``process`` over in-memory Arrow batches (no I/O), the same kind of
   measurement as datatrove's side;
-* **whole stage**: ``pipelines.api.run`` with only that stage, end to end (wall time: Beam
+* **whole stage**: ``thresher.pipelines.api.run`` with only that stage, end to end (wall time: Beam
   pipeline construction, reading the documents from 4 zstd Parquet shards, the stage, writing
   kept/ and rejected/, manifests, reconciliation), DirectRunner, 1 worker, in memory. Its
   decisions are read back from kept/ and rejected/ (by id) and compared with datatrove's and
@@ -56,20 +56,22 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scorers import fasttext_util as ftu  # noqa: E402
-from scorers import heuristics as H  # noqa: E402
-from scorers.langid import LanguageStage  # noqa: E402
+from thresher.scorers.classifiers import fasttext_util as ftu  # noqa: E402
+from thresher.scorers.filters import c4 as HC4
+from thresher.scorers.filters import fineweb as HFW
+from thresher.scorers.filters import gopher_quality as H  # noqa: E402
+from thresher.scorers.filters import gopher_repetition as HR
+from thresher.scorers.filters.language import LanguageStage  # noqa: E402
 
 CORPORA = "/work/shared/corpora"
 FILES = ("wiki_summaries", "handbook", "fortunes", "web_sample")
 FILTERS = {
     # thresher stage, datatrove class
     "gopher_quality": (H.GopherQuality, "GopherQualityFilter"),
-    "gopher_repetition": (H.GopherRepetition, "GopherRepetitionFilter"),
-    "c4": (H.C4, "C4QualityFilter"),
-    "fineweb": (H.FineWeb, "FineWebQualityFilter"),
+    "gopher_repetition": (HR.GopherRepetition, "GopherRepetitionFilter"),
+    "c4": (HC4.C4, "C4QualityFilter"),
+    "fineweb": (HFW.FineWeb, "FineWebQualityFilter"),
     "language": (LanguageStage, "LanguageFilter"),
 }
 DEFAULT_LANGUAGES = "en,fr,es,de,it,ru"
@@ -195,7 +197,7 @@ def pipeline_config(shards_dir: str, out_dir: str, stage: dict, batch_rows: int 
 def run_whole_stage(shards_dir: str, out_dir: str, stage: dict,
                     batch_rows: int) -> tuple[float, dict, dict]:
     """``api.run`` with one stage, end to end; returns (wall seconds, stats, reason by id)."""
-    from pipelines import api
+    from thresher.pipelines import api
 
     t0 = time.perf_counter()
     stats = api.run(pipeline_config(shards_dir, out_dir, stage, batch_rows), progress=False)
@@ -210,7 +212,7 @@ def run_whole_stage(shards_dir: str, out_dir: str, stage: dict,
 def warm_up_beam(table: pa.Table, workdir: str) -> float:
     """Import Beam and run one tiny pipeline so that one-time costs hit no filter."""
     import apache_beam  # noqa: F401
-    from pipelines import api, transforms  # noqa: F401
+    from thresher.pipelines import api, transforms  # noqa: F401
 
     d = os.path.join(workdir, "warmup")
     write_shards(table.slice(0, 200), os.path.join(d, "in"), 2)
@@ -274,7 +276,7 @@ def main() -> None:
     print("datatrove: filter loop only, over ready Document objects (no reading, no writing) -- "
           "this favours it against thresher's whole-stage numbers.")
     print("thresher loop: stage.process over in-memory Arrow batches (no I/O). thresher whole "
-          "stage: pipelines.api.run end to end (Beam construction, read 4 zstd Parquet shards, "
+          "stage: thresher.pipelines.api.run end to end (Beam construction, read 4 zstd Parquet shards, "
           "stage, write kept/ + rejected/, manifests, reconciliation), DirectRunner, 1 worker.")
 
     summary = []

@@ -34,10 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scorers import fasttext_util as ftu  # noqa: E402
-from scorers.langid import LanguageStage  # noqa: E402
+from thresher.scorers.classifiers import fasttext_util as ftu  # noqa: E402
+from thresher.scorers.filters.language import LanguageStage  # noqa: E402
 
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 

@@ -7,7 +7,7 @@ sets (``equal``: every document cut to exactly ``--max-length`` tokens;
 
 * ``loop``: tokenise a static batch in input order with padding, run the model,
   compute the same outputs; batch size = the best of a small sweep on a subset;
-* ``engine``: ``scorers.models`` with its default token budget (sorting by
+* ``engine``: ``thresher.scorers.models`` with its default token budget (sorting by
   length, token-budget packing),
 
 on the same model object (same weights, dtype and device), and prints docs/s,
@@ -38,8 +38,6 @@ import time
 from typing import Any, Optional, Sequence
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -84,7 +82,15 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2000, max_length
 
 def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int = 2000, max_length: int = 512):
     """BERT-style uncased WordPiece with ``[CLS] … [SEP]`` post-processing."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -112,7 +118,12 @@ def _construct(factory, device: Optional[str]):
 def build_causal_lm(tokenizer, size: str = "tiny", max_positions: int = 2048, seed: int = 0,
                     device: Optional[str] = None, arch: str = "llama", **overrides: Any):
     """A random-weight causal LM sized by ``SIZES[size]`` (``arch``: llama, mistral, gpt2)."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+    )
 
     torch.manual_seed(seed)
     dims = dict(SIZES[size]["causal"])
@@ -288,8 +299,8 @@ def equal_length_texts(tok, texts, L, n):
 
 
 def run(args) -> list[dict[str, Any]]:
-    from scorers.models import EncoderHead, Engine, LoadedModel
-    from scorers.models.tasks import CausalLMLoss, EncoderScore, Generate
+    from thresher.scorers.models import EncoderHead, Engine, LoadedModel
+    from thresher.scorers.models.tasks import CausalLMLoss, EncoderScore, Generate
 
     dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:

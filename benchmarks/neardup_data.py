@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -53,9 +52,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scorers import minhash as M  # noqa: E402
+from thresher.scorers.dedup import lsh as LSH
+from thresher.scorers.dedup import minhash as M  # noqa: E402
 
 CORPORA = Path(os.environ.get("THRESHER_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
 SOURCES = ("wiki_summaries", "handbook", "web_sample", "fortunes")
@@ -334,7 +333,7 @@ def ground_truth(table: pa.Table, threshold: float = 0.8, ngram: int = 5,
                  seed: int = 987654321) -> tuple[np.ndarray, dict]:
     """Truth cluster label (component-minimum row) of every row, and statistics."""
     t0 = time.time()
-    sh, so = M.shingles(table["text"], ngram=ngram)
+    sh, so = LSH.shingles(table["text"], ngram=ngram)
     sv, soff = M.unique_shingle_sets(sh, so)
     n = table.num_rows
     # (a) all pairs inside each planted family / negative group
@@ -354,9 +353,9 @@ def ground_truth(table: pa.Table, threshold: float = 0.8, ngram: int = 5,
     a, b = M.permutations(256, seed)
     sig = M.signatures_from_shingles(sh, so, a, b)
     bk = M.band_keys(sig, 64, 4)
-    cu, cv = M.candidate_pairs(bk, valid=np.diff(so) > 0, all_pairs_max=10 ** 9)
-    u, v = M._unique_pairs(np.concatenate([planted[0], cu]), np.concatenate([planted[1], cv]))
-    jac = M.exact_jaccard(sv, soff, u, v)
+    cu, cv = LSH.candidate_pairs(bk, valid=np.diff(so) > 0, all_pairs_max=10 ** 9)
+    u, v = LSH._unique_pairs(np.concatenate([planted[0], cu]), np.concatenate([planted[1], cv]))
+    jac = LSH.exact_jaccard(sv, soff, u, v)
     keep = jac >= threshold
     labels = M.union_find(n, u[keep], v[keep])
     stats = {
@@ -370,7 +369,7 @@ def ground_truth(table: pa.Table, threshold: float = 0.8, ngram: int = 5,
         "seconds": round(time.time() - t0, 2),
     }
     # how many planted pairs are actually below the threshold (the reason truth != families)
-    pj = M.exact_jaccard(sv, soff, *planted) if len(planted[0]) else np.zeros(0)
+    pj = LSH.exact_jaccard(sv, soff, *planted) if len(planted[0]) else np.zeros(0)
     stats["planted_pairs_ge_threshold"] = int((pj >= threshold).sum())
     return labels, stats
 

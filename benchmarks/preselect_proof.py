@@ -24,7 +24,7 @@ Setup (all from ../shared/corpora, nothing downloaded):
   trains on its own random per-source mixture (Dirichlet(1), blind to the
   target), like model families trained on different data (the paper's six
   scorers are Llama-1 and Llama-2 checkpoints, 7B to 65B);
-* ``thresher preselect train`` (``pipelines.preselect_cmd.train``) on a
+* ``thresher preselect train`` (``thresher.pipelines.commands.preselect.train``) on a
   ``--preselect-sample`` document sample of the pool;
 * the whole pool scored and selected by the thresher pipeline with the
   ``preselect`` stage (top 20% of characters); AUC of ``preselect_score`` for
@@ -59,8 +59,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -206,7 +204,7 @@ def lm_training_sets(a, pool: pa.Table, chars: np.ndarray, source: np.ndarray, n
 
 def train_scoring_lms(a, tok, pool: pa.Table, chars: np.ndarray, source: np.ndarray, dev: list[str], work: str,
                       log) -> list[dict]:
-    from scorers import lmtrain
+    from thresher.scorers.training import lm as lmtrain
 
     specs = parse_lms(a.lms)
     sets = lm_training_sets(a, pool, chars, source, len(specs))
@@ -236,7 +234,7 @@ def train_scoring_lms(a, tok, pool: pa.Table, chars: np.ndarray, source: np.ndar
 
 
 def train_and_eval(a, tok, texts: list[str], test: list[str], seed: int) -> dict:
-    from scorers import lmtrain
+    from thresher.scorers.training import lm as lmtrain
 
     h, l = parse_model(a.final_model)
     m = lmtrain.new_causal_lm(tok, hidden=h, layers=l, heads=_heads(h), context=a.context, seed=seed)
@@ -303,10 +301,10 @@ def main(argv: Optional[list[str]] = None, log=print) -> dict:
         a = ap.parse_args(argv + QUICK)
     import torch
     torch.set_num_threads(max(1, a.threads))
-    from pipelines.api import run
-    from pipelines.preselect_cmd import train
-    from scorers import lmtrain
-    from scorers.preselect import top_fraction
+    from thresher.pipelines.api import run
+    from thresher.pipelines.commands.preselect import train
+    from thresher.scorers.selection.select import top_fraction
+    from thresher.scorers.training import lm as lmtrain
 
     work = a.work or tempfile.mkdtemp(prefix="preselect-proof-")
     for sub in ("pool", "lms", "preselect", "scored"):   # a reused --work starts clean

@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -28,7 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 CORPORA = os.path.join(os.path.dirname(ROOT), "shared", "corpora")
 
 
@@ -39,8 +37,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import logging
     logging.getLogger().setLevel(logging.ERROR)
-    from scorers import fasttext_util as ftu
-    from scorers.preselect import FASTTEXT_PARAMS, PreSelect
+    from thresher.scorers.classifiers import fasttext_util as ftu
+    from thresher.scorers.selection.preselect import PreSelect
+    from thresher.scorers.training.preselect import FASTTEXT_PARAMS
 
     texts = []
     for name in ("wiki_summaries", "web_sample", "fortunes", "handbook", "style_paragraphs"):
@@ -84,7 +83,7 @@ def main(argv=None) -> None:
     for i in range(4):
         pq.write_table(pa.table({"id": [f"d{j}" for j in range(cuts[i], cuts[i + 1])],
                                  "text": texts[cuts[i]:cuts[i + 1]]}), os.path.join(inp, f"p{i}.parquet"))
-    from pipelines.api import run
+    from thresher.pipelines.api import run
     t0 = time.perf_counter()
     st = run({"input": inp, "output": os.path.join(work, "out"),
               "stages": [{"name": "preselect", "model": clf}],

@@ -1,12 +1,12 @@
 """Python API, mirroring the config.
 
-    from pipelines.api import run
+    from thresher.pipelines.api import run
     stats = run({"input": {"path": "data/*.parquet"}, "output": "out/",
                  "stages": [{"name": "exact_dedup"}, {"name": "gopher_quality"}]})
     stats["kept_rows"], stats["stages"][0]["rejected"]
 
 To compose thresher into your own Beam pipeline use
-``pipelines.transforms.CurateShards(plan(config))`` or ``ApplyStages``.
+``thresher.pipelines.transforms.CurateShards(plan(config))`` or ``ApplyStages``.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ import time
 from typing import Any, Callable, Optional, Union
 
 import pyarrow.parquet as pq
-
-from pipelines import engine as E
-from pipelines import io
-from schemas import stats as S
-from schemas.config import Config, ConfigError, load_config_file, parse_config
-from schemas.documents import InputError
+from thresher.pipelines import engine as E
+from thresher.pipelines import io
+from thresher.schemas import stats as S
+from thresher.schemas.config import Config, ConfigError, load_config_file, parse_config
+from thresher.schemas.documents import InputError
 
 LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "direct", "local"}
 
@@ -60,7 +59,7 @@ def load(config: Union[str, dict, Config], **overrides: Any) -> Config:
 def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
     """Validate the config and every shard's footer; no document is read yet."""
     cfg = load(config, **overrides)
-    from pipelines.registry import build_stages
+    from thresher.pipelines.registry import build_stages
     stages = build_stages(cfg.stages)        # parameter errors name the config key
     names = [s.name for s in stages]
     dup = {n for n in names if names.count(n) > 1}
@@ -173,7 +172,7 @@ def _check_output_dir(p: E.Plan, cfg: Config) -> None:
 def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
     """Build stats.json from the manifests and reconcile with the files on disk."""
     cfg = p.cfg
-    from pipelines.registry import build_stages
+    from thresher.pipelines.registry import build_stages
     stages = build_stages(cfg.stages)
     manifests = []
     for s in p.shards:
@@ -257,7 +256,7 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     ReconciliationError when kept + rejected != input rows.
     """
     import apache_beam as beam
-    from pipelines.transforms import CurateShards
+    from thresher.pipelines.transforms import CurateShards
 
     t0 = time.time()
     p = plan(config, **overrides)

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Optional
 
-from schemas.config import ConfigError
-from schemas.documents import InputError
+from thresher.schemas.config import ConfigError
+from thresher.schemas.documents import InputError
 
 #: The default pipeline: every stage that needs no model beyond what the
 #: project's dependencies ship. Stages not registered (yet) are skipped.
@@ -27,7 +27,7 @@ DEFAULT_STAGES: list[dict] = [
 
 
 def default_stages() -> list[dict]:
-    from pipelines import registry
+    from thresher.pipelines import registry
     return [s for s in DEFAULT_STAGES if s["name"] in registry.names()]
 
 
@@ -65,7 +65,7 @@ def print_summary(stats: dict, out: str, stream=sys.stdout) -> None:
 
 
 def cmd_sample(args) -> int:
-    from pipelines.sample import write_sample
+    from thresher.pipelines.sample import write_sample
     info = write_sample(args.dir, n_docs=args.docs, seed=args.seed, n_shards=args.shards)
     print(f"wrote {info['docs']:,} documents in {info['shards']} shards to {args.dir} "
           f"(ground truth: {info['truth']})")
@@ -73,7 +73,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
-    from pipelines import api
+    from thresher.pipelines import api
 
     overrides = {}
     if args.config is None:
@@ -81,7 +81,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
         if args.input is None:
             sample_dir = os.path.join(args.output or "thresher-out", "_sample")
             if not os.path.isdir(sample_dir) or not any(f.endswith(".parquet") for f in os.listdir(sample_dir)):
-                from pipelines.sample import write_sample
+                from thresher.pipelines.sample import write_sample
                 info = write_sample(sample_dir, n_docs=args.sample_docs, seed=0, n_shards=8)
                 print(f"thresher: no config and no --input: generated the sample corpus "
                       f"({info['docs']:,} documents) in {sample_dir}", file=sys.stderr)
@@ -125,7 +125,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from pipelines.inspect import render, summary
+    from thresher.pipelines.inspect import render, summary
     try:
         s = summary(args.dir, examples=args.examples)
     except FileNotFoundError as e:
@@ -138,7 +138,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_stages(args) -> int:
-    from pipelines import registry
+    from thresher.pipelines import registry
     for name in registry.names():
         cls = registry.stage_class(name)
         print(f"{name} ({cls.kind}): {cls.doc}")
@@ -219,13 +219,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # sub-commands implemented elsewhere take their own arguments
     if argv[:1] == ["score"]:
-        from pipelines.score_cmd import main as score_main
+        from thresher.pipelines.commands.score import main as score_main
         return score_main(argv[1:])
     if argv[:2] == ["toxicity", "train"]:
-        from scorers.toxicity import main_train
+        from thresher.pipelines.commands.toxicity import main_train
         return main_train(argv[2:])
     if argv[:2] == ["preselect", "train"]:
-        from pipelines.preselect_cmd import main as ps_main
+        from thresher.pipelines.commands.preselect import main as ps_main
         return ps_main(argv[2:])
 
     ap = argparse.ArgumentParser(prog="thresher", description="Curate LM pretraining corpora with Apache Beam.")

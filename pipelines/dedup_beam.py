@@ -34,10 +34,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from pipelines import engine as E
-from schemas import columns as C
-from schemas import dedup as D
+from thresher.pipelines import engine as E
+from thresher.schemas import columns as C
+from thresher.schemas import dedup as D
 
 NODE_SHIFT = 40
 
@@ -86,7 +85,7 @@ class _StageFn(beam.DoFn):
         self.plan, self.k = plan, k
 
     def setup(self):
-        from pipelines.registry import build_stages
+        from thresher.pipelines.registry import build_stages
         self.stage = build_stages([self.plan.cfg.stages[self.k]])[0]
         c = self.stage.config
         self.parts = int(c.get("partitions", 16))
@@ -97,7 +96,7 @@ class NodesFn(_StageFn):
     """Key file → routed band records, signatures and node attributes."""
 
     def process(self, path: str, *prior):
-        from scorers.minhash import _fixed_list_to_numpy
+        from thresher.scorers.dedup.minhash import _fixed_list_to_numpy
         keys = E.exclude_rejected(E.read_keys([path]), [d for _, d in prior])
         if keys.num_rows == 0 or D.KEY_BANDS not in keys.column_names:
             return
@@ -131,7 +130,11 @@ class CandidatesFn(_StageFn):
     """Band partition → candidate pairs routed by the partition of the first node."""
 
     def process(self, element):
-        from scorers.minhash import _all_pairs, _star_pairs, _unique_pairs
+        from thresher.scorers.dedup.lsh import (
+            _all_pairs,
+            _star_pairs,
+            _unique_pairs,
+        )
         _, tables = element
         t = _concat(list(tables))
         if t is None:
@@ -194,7 +197,7 @@ class JoinFirstFn(_StageFn):
 
 class VerifyFn(_StageFn):
     def process(self, element):
-        from scorers.minhash import _fixed_list_to_numpy
+        from thresher.scorers.dedup.minhash import _fixed_list_to_numpy
         pairs = _join(element, "v")
         if pairs is None:
             return
@@ -203,7 +206,7 @@ class VerifyFn(_StageFn):
         if c["verify"] == "none":
             keep = np.ones(n, dtype=bool)
         elif c["verify"] == "jaccard":
-            from scorers.minhash import exact_jaccard
+            from thresher.scorers.dedup.lsh import exact_jaccard
             both = pa.concat_arrays([pairs["sh_u"].combine_chunks(), pairs["sh_v"].combine_chunks()])
             both = both.cast(pa.large_list(pa.uint64()))
             offs = both.offsets.to_numpy().astype(np.int64)
@@ -226,7 +229,7 @@ def _route_arcs(parts: int):
 
 
 def _star_round(edges, parts: int, label: str, kind: str):
-    from scorers import minhash as M
+    from thresher.scorers.dedup import components as M
     mapper = M.large_star_map if kind == "large" else M.small_star_map
     reducer = M.large_star_reduce if kind == "large" else M.small_star_reduce
 
@@ -251,7 +254,7 @@ def _star_round(edges, parts: int, label: str, kind: str):
 
 
 def _fingerprint(tables) -> tuple[int, int]:
-    from scorers.minhash import edges_checksum
+    from thresher.scorers.dedup.components import edges_checksum
     n, h = 0, 0
     for t in tables:
         c, s = edges_checksum(_np(t["u"]), _np(t["v"]))
@@ -321,11 +324,11 @@ def _merge_decisions(k: int, plan: E.Plan):
             dec = pa.concat_tables(tables)
             dec = dec.take(pc.sort_indices(dec, [(C.SHARD, "ascending"), (C.ROW, "ascending")]))
         else:
-            from scorers.minhash import decisions
+            from thresher.scorers.dedup.minhash import decisions
             dec = decisions(np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string()),
                             np.zeros(0, np.int32), np.zeros(0, np.int64), "x")
-        from pipelines import io
-        from schemas import stats as S
+        from thresher.pipelines import io
+        from thresher.schemas import stats as S
         stage_id = plan.cfg.stages[k].id
         io.write_json(io.join(plan.out, S.GLOBAL_DIR, f"{stage_id}.json"), {
             "stage": stage_id, "fingerprint": plan.fingerprint, "mode": "distributed",
@@ -345,7 +348,7 @@ def _check_converged(last, again):
 
 def build(plan: E.Plan, k: int, key_paths, prior: list) -> Any:
     """The distributed global step: key-file paths → one (k, decision table)."""
-    from pipelines.registry import build_stages
+    from thresher.pipelines.registry import build_stages
     stage = build_stages([plan.cfg.stages[k]])[0]
     parts = int(stage.config.get("partitions", 16))
     rounds = int(stage.config.get("distributed_rounds", 12))

@@ -24,14 +24,13 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from pipelines import io
-from pipelines.registry import build_stages
-from schemas import columns as C
-from schemas import stats as S
-from schemas.config import Config, parse_config
-from schemas.documents import output_schema
-from scorers.base import GlobalStage, LocalStage, Stage
+from thresher.pipelines import io
+from thresher.pipelines.registry import build_stages
+from thresher.schemas import columns as C
+from thresher.schemas import stats as S
+from thresher.schemas.config import Config, parse_config
+from thresher.schemas.documents import output_schema
+from thresher.scorers.base import GlobalStage, LocalStage, Stage
 
 
 @dataclasses.dataclass

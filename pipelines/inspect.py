@@ -5,8 +5,8 @@ import json
 import os
 from typing import Any
 
-from schemas import columns as C
-from schemas import stats as S
+from thresher.schemas import columns as C
+from thresher.schemas import stats as S
 
 
 def connect(out_dir: str):
@@ -24,7 +24,7 @@ def connect(out_dir: str):
 
 
 def numeric_score_columns(con, text_column: str = "text") -> list[str]:
-    from pipelines.registry import load_all
+    from thresher.pipelines.registry import load_all
     load_all()
     rows = con.execute("DESCRIBE docs").fetchall()
     known = {f.name for fs in C.STAGE_FIELDS.values() for f in fs}

@@ -15,8 +15,7 @@ from typing import Any, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from schemas.documents import InputError
+from thresher.schemas.documents import InputError
 
 
 def is_remote(path: str) -> bool:
@@ -228,12 +227,13 @@ def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
 
     ``exclude``: the run's output directory; files thresher writes there (kept/,
     rejected/, _work/, ...) are never inputs."""
-    from schemas.documents import check_input_schema
     import hashlib
+
+    from thresher.schemas.documents import check_input_schema
 
     paths = discover(pattern)
     if exclude and not is_remote(exclude):
-        from schemas import stats as S
+        from thresher.schemas import stats as S
         base = os.path.abspath(_local(exclude))
         ex = tuple(os.path.join(base, d) + "/" for d in (S.KEPT_DIR, S.REJECTED_DIR, S.WORK_DIR,
                                                          S.GLOBAL_DIR, S.MANIFEST_DIR))

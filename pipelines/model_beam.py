@@ -35,14 +35,13 @@ import uuid
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
-
-from pipelines import io as _io
-from pipelines.io import is_remote
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
+from thresher.pipelines import io as _io
+from thresher.pipelines.io import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ModelTaskSpec:
 
     def build(self):
         global BUILD_COUNT
-        from scorers.models import build_task
+        from thresher.scorers.models import build_task
 
         BUILD_COUNT += 1
         opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options}

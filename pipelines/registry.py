@@ -4,22 +4,22 @@ from __future__ import annotations
 import importlib
 from typing import Type
 
-from schemas.config import ConfigError, StageSpec
-from scorers.base import ParamError, Stage
+from thresher.schemas.config import ConfigError, StageSpec
+from thresher.scorers.base import ParamError, Stage
 
 # module path, class name. Modules are imported lazily so a heavy optional
 # dependency only costs when its stage is used.
 _TABLE: dict[str, tuple[str, str]] = {
-    "length": ("scorers.basic", "Length"),
-    "exact_dedup": ("scorers.basic", "ExactDedup"),
-    "preselect": ("scorers.preselect", "PreSelect"),
-    "language": ("scorers.langid", "LanguageStage"),
-    "toxicity": ("scorers.toxicity", "ToxicityStage"),
-    "gopher_quality": ("scorers.heuristics", "GopherQuality"),
-    "gopher_repetition": ("scorers.heuristics", "GopherRepetition"),
-    "c4": ("scorers.heuristics", "C4"),
-    "fineweb": ("scorers.heuristics", "FineWeb"),
-    "minhash_dedup": ("scorers.minhash", "MinHashDedup"),
+    "length": ("thresher.scorers.filters.length", "Length"),
+    "exact_dedup": ("thresher.scorers.dedup.exact", "ExactDedup"),
+    "preselect": ("thresher.scorers.selection.preselect", "PreSelect"),
+    "language": ("thresher.scorers.filters.language", "LanguageStage"),
+    "toxicity": ("thresher.scorers.filters.toxicity", "ToxicityStage"),
+    "gopher_quality": ("thresher.scorers.filters.gopher_quality", "GopherQuality"),
+    "gopher_repetition": ("thresher.scorers.filters.gopher_repetition", "GopherRepetition"),
+    "c4": ("thresher.scorers.filters.c4", "C4"),
+    "fineweb": ("thresher.scorers.filters.fineweb", "FineWeb"),
+    "minhash_dedup": ("thresher.scorers.dedup.minhash", "MinHashDedup"),
 }
 
 

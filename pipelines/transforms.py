@@ -14,10 +14,9 @@ from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 import pyarrow as pa
-
-from pipelines import engine as E
-from pipelines import io
-from schemas import columns as C
+from thresher.pipelines import engine as E
+from thresher.pipelines import io
+from thresher.schemas import columns as C
 
 
 class _ShardDoFn(beam.DoFn):
@@ -80,7 +79,7 @@ def _gather_compute(plan: E.Plan, k: int):
 
 
 def _minhash_distributed(plan, k, paths, prior):
-    from pipelines.dedup_beam import build
+    from thresher.pipelines.dedup_beam import build
     return build(plan, k, paths, prior)
 
 
@@ -100,7 +99,7 @@ class CurateShards(beam.PTransform):
     def expand(self, pbegin):
         plan = self.plan
         cfg = plan.cfg
-        from pipelines.registry import build_stages
+        from thresher.pipelines.registry import build_stages
         stages = build_stages(cfg.stages)
         shards = (pbegin
                   | "Shards" >> beam.Create(plan.shards)
@@ -158,7 +157,7 @@ class _ApplyStagesFn(beam.DoFn):
         self.config = config
 
     def setup(self):
-        from schemas.config import parse_config
+        from thresher.schemas.config import parse_config
         cfg = parse_config(self.config)
         self.proc = E.ShardProcessor(E.Plan(cfg.to_dict(), [], "inline"))
         self.proc.setup()

@@ -9,7 +9,7 @@ stages:
 runner: DirectRunner
 pipeline_options: {direct_num_workers: 2}
 ```
-Stage parameters are validated by the stage classes (``scorers.base.Stage.validate``)
+Stage parameters are validated by the stage classes (``thresher.scorers.base.Stage.validate``)
 when the pipeline is built; this module checks the top level and the shape of
 each stage entry.
 """

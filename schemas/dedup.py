@@ -16,8 +16,7 @@ The key table that ``MinHashDedup.keys`` returns per batch (no text; see
 from __future__ import annotations
 
 import pyarrow as pa
-
-from schemas.columns import register_fields
+from thresher.schemas.columns import register_fields
 
 STAGE = "minhash_dedup"
 

@@ -7,8 +7,7 @@ words); ``<stage>_skipped`` lists, comma-separated, the rules that could not app
 from __future__ import annotations
 
 import pyarrow as pa
-
-from schemas.columns import register_fields
+from thresher.schemas.columns import register_fields
 
 _f64 = pa.float64()
 _i64 = pa.int64()

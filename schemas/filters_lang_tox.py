@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
-
-from schemas.columns import register_fields
+from thresher.schemas.columns import register_fields
 
 # language: fastText language ID (top label and its probability)
 LANGUAGE = "language"                  # label without "__label__", e.g. "en" or "eng_Latn"

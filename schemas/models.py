@@ -13,15 +13,14 @@ Three tasks, three column families:
 
 Every task accepts a column prefix (e.g. ``"llama7b_"``) so several models can
 score the same rows; :func:`task_fields` applies it. The unprefixed columns are
-registered in :data:`schemas.columns.STAGE_FIELDS` under the task names.
+registered in :data:`thresher.schemas.columns.STAGE_FIELDS` under the task names.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import pyarrow as pa
-
-from schemas import columns as C
+from thresher.schemas import columns as C
 
 LM_LOSS_SUM = "lm_loss_sum"
 LM_TOKENS = "lm_tokens"

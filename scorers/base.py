@@ -15,8 +15,7 @@ import dataclasses
 from typing import Any, Callable, ClassVar, Optional
 
 import pyarrow as pa
-
-from schemas import columns as C
+from thresher.schemas import columns as C
 
 
 class ParamError(ValueError):

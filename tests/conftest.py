@@ -1,5 +1,4 @@
 import os
-import sys
 import warnings
 
 import pyarrow as pa
@@ -9,8 +8,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 CORPORA = os.path.join(SHARED, "corpora")
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,7 +38,7 @@ def write_shards(tmp_path):
 
 
 def local_run(config: dict, workers: int = 1, **kw):
-    from pipelines.api import run
+    from thresher.pipelines.api import run
     config = dict(config)
     config.setdefault("pipeline_options", {"direct_num_workers": workers})
     return run(config, progress=False, **kw)

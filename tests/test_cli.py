@@ -6,14 +6,12 @@ import sys
 import time
 
 import duckdb
-import pytest
-
 from conftest import ROOT
 
 
 def _thresher(*args, cwd, timeout=300):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-c", "from pipelines.cli import entry; entry()", *args],
+    return subprocess.run([sys.executable, "-c", "from thresher.pipelines.cli import entry; entry()", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -34,7 +32,7 @@ def test_run_without_arguments_on_the_sample(tmp_path):
     stats = json.load(open(out / "stats.json"))
     assert stats["reconciled"] and stats["kept_rows"] == k
     names = [s["id"] for s in stats["stages"]]
-    from pipelines.cli import default_stages
+    from thresher.pipelines.cli import default_stages
     assert names == ["input"] + [s["name"] for s in default_stages()]
     # every default stage had work on the sample corpus
     for s in stats["stages"][1:]:
@@ -58,7 +56,7 @@ def test_sample_command_and_rerun_is_a_noop(tmp_path):
 
 
 def test_stages_lists_every_registered_stage(tmp_path):
-    from pipelines import registry
+    from thresher.pipelines import registry
     r = _thresher("stages", cwd=tmp_path)
     assert r.returncode == 0
     for name in registry.names():

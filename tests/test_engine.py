@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import corpus, local_run
-from pipelines.api import ReconciliationError, plan
-from schemas.config import ConfigError
-from schemas.documents import InputError
+from thresher.pipelines.api import ReconciliationError, plan
+from thresher.schemas.config import ConfigError
+from thresher.schemas.documents import InputError
 
 
 def _fortune_shards(tmp_path, n_shards=4, limit=8000):
@@ -205,13 +204,13 @@ def test_corrupt_page_inside_a_shard_is_a_clear_error(tmp_path, write_shards):
     for i in range(start, start + 400):  # smash the page body, keep the footer intact
         data[i] = 0xAB
     open(path, "wb").write(bytes(data))
-    from pipelines.cli import main
+    from thresher.pipelines.cli import main
     rc = main(["run", "--input", inp, "--output", str(tmp_path / "o"), "--quiet", "--direct_num_workers=1"])
     assert rc == 2
 
 
 def test_cli_errors_are_clean(tmp_path, capsys, write_shards):
-    from pipelines.cli import main
+    from thresher.pipelines.cli import main
     inp = write_shards({"a.parquet": {"text": ["hello"]}})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input: {{path: {inp}}}\noutput: {tmp_path}/o\nstages:\n  - {{name: lenght}}\n")
@@ -226,7 +225,7 @@ def test_cli_errors_are_clean(tmp_path, capsys, write_shards):
 
 
 def test_reconciliation_failure_is_loud(tmp_path, write_shards, monkeypatch):
-    from pipelines import engine as E
+    from thresher.pipelines import engine as E
     inp = write_shards({"a.parquet": {"text": ["one doc", "two doc", "three doc"]}})
     real = E.ShardProcessor._split_write
 
@@ -256,7 +255,7 @@ def test_apply_stages_ptransform_in_a_user_pipeline(tmp_path):
     import apache_beam as beam
     import pyarrow.compute as pc
     from apache_beam.options.pipeline_options import PipelineOptions
-    from pipelines.transforms import ApplyStages
+    from thresher.pipelines.transforms import ApplyStages
     t = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 600)
     batches = [t.slice(0, 250), t.slice(250)]
     out = tmp_path / "res.parquet"

@@ -21,12 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from scorers import fasttext_native as fn
-from scorers import fasttext_util as ftu
-from scorers.fasttext_native import NativeFastText
-from scorers.langid import LanguageStage
-from schemas import filters_lang_tox as F
+from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.classifiers import fasttext_native as fn
+from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.classifiers.fasttext_native import NativeFastText
+from thresher.scorers.filters.language import LanguageStage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(ROOT), "shared", "corpora"))
@@ -276,8 +275,7 @@ def test_bad_models_and_inputs(models, tmp_path):
 BIG = textwrap.dedent("""
     import resource, sys, time
     import numpy as np, pyarrow as pa
-    sys.path.insert(0, {root!r})
-    from scorers.langid import LanguageStage
+    from thresher.scorers.filters.language import LanguageStage
     rng = np.random.default_rng(0)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyzéü"))
     vocab = np.array(["".join(rng.choice(letters, k)) for k in rng.integers(2, 11, 30000)])
@@ -307,8 +305,8 @@ def test_50mb_document_in_bounded_time_and_memory():
 
 
 def test_toxicity_and_preselect_engines_agree(models, tmp_path):
-    from scorers.preselect import PreSelect
-    from scorers.toxicity import ToxicityStage
+    from thresher.scorers.filters.toxicity import ToxicityStage
+    from thresher.scorers.selection.preselect import PreSelect
 
     docs = texts()
     arr = pa.array(docs, pa.string())

@@ -15,12 +15,15 @@ import textwrap
 import numpy as np
 import pyarrow as pa
 import pytest
+from thresher.schemas import columns as C
+from thresher.scorers.base import ParamError
+from thresher.scorers.filters import c4 as HC4
+from thresher.scorers.filters import fineweb as HFW
+from thresher.scorers.filters import gopher_quality as H
+from thresher.scorers.filters import gopher_repetition as HR
+from thresher.scorers.text import ops as T
 
-from schemas import columns as C
-from scorers import heuristics as H
-from scorers import textops as T
-from scorers.base import ParamError
-
+STAGES = (H.GopherQuality, HR.GopherRepetition, HC4.C4, HFW.FineWeb)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -255,7 +258,7 @@ def test_gq_empty_text():
 # gopher_repetition
 # ----------------------------------------------------------------------------------------
 
-GR = H.GopherRepetition
+GR = HR.GopherRepetition
 
 
 def test_gr_duplicate_paragraphs():
@@ -332,7 +335,7 @@ def test_gr_duplicated_ngrams_follow_the_reference_scan():
     # reference never registers it and its later copy is not a duplicate
     doc = "a b c d e a b c d e g x1 x2 x3 x4 x5 x6 x7 x8 x9 b c d e g"
     ng = T.NGrams(T.tokenize(pa.array([doc])))
-    assert H._dup_ngram_chars(ng, 5, 1).tolist() == [5.0]
+    assert HR._dup_ngram_chars(ng, 5, 1).tolist() == [5.0]
 
 
 def _ref_scan(ws, n):
@@ -373,22 +376,22 @@ def test_gr_ngram_rules_match_reference_semantics_on_random_documents():
         docs.append(ws)
     ng = T.NGrams(T.tokenize(pa.array([" ".join(ws) for ws in docs])))
     for n in (2, 3, 4):
-        got = H._top_ngram_share(ng, n, len(docs))
+        got = HR._top_ngram_share(ng, n, len(docs))
         want = np.array([_ref_top(ws, n) for ws in docs])
         assert np.array_equal(np.nan_to_num(got, nan=-1), np.nan_to_num(want, nan=-1))
     for n in range(5, 11):
         want = [_ref_scan(ws, n) for ws in docs]
-        assert H._dup_ngram_chars(ng, n, len(docs)).tolist() == want
+        assert HR._dup_ngram_chars(ng, n, len(docs)).tolist() == want
         # documents that have not settled after one round are scanned exactly
-        assert H._dup_ngram_chars(ng, n, len(docs), max_rounds=1).tolist() == want
+        assert HR._dup_ngram_chars(ng, n, len(docs), max_rounds=1).tolist() == want
 
 
 def test_gr_huge_documents_use_first_round(monkeypatch):
-    monkeypatch.setattr(H, "_EXACT_SCAN_LIMIT", 0)
+    monkeypatch.setattr(HR, "_EXACT_SCAN_LIMIT", 0)
     doc = "a b c d e a b c d e g x1 x2 x3 x4 x5 x6 x7 x8 x9 b c d e g"
     ng = T.NGrams(T.tokenize(pa.array([doc])))
     # every later copy counts: "a b c d e" (5) and "b c d e g" (5)
-    assert H._dup_ngram_chars(ng, 5, 1).tolist() == [10.0]
+    assert HR._dup_ngram_chars(ng, 5, 1).tolist() == [10.0]
 
 
 def test_gr_thai_skips_ngram_rules():
@@ -425,7 +428,7 @@ def test_c4_line_cleaning():
         "Another fine sentence here! And one more? Yes indeed.",
     ]
     text = "\n".join(lines)
-    out = run(H.C4(), [text])
+    out = run(HC4.C4(), [text])
     assert out.reasons.to_pylist() == [None]
     expected = "\n".join([
         "This is a good sentence. It has terminal punctuation.",
@@ -454,7 +457,7 @@ def test_c4_document_rules():
         "\n".join(GOOD[:4]),
         "",
     ]
-    out = run(H.C4(), docs)
+    out = run(HC4.C4(), docs)
     assert out.reasons.to_pylist() == [
         "c4.lorem_ipsum", "c4.curly_bracket", None, "c4.curly_bracket", "c4.lorem_ipsum", None,
         "c4.too_few_sentences", "c4.too_few_sentences"]
@@ -462,28 +465,28 @@ def test_c4_document_rules():
     # rejected documents keep their text; kept ones are cleaned
     assert out.text.to_pylist()[0] == docs[0]
     assert out.text.to_pylist()[2] == "\n".join(GOOD)
-    assert reasons(H.C4(min_sentences=4), ["\n".join(GOOD[:4])]) == [None]
-    assert reasons(H.C4(filter_curly_bracket=False, filter_lorem_ipsum=False), docs[:2]) == [None, None]
+    assert reasons(HC4.C4(min_sentences=4), ["\n".join(GOOD[:4])]) == [None]
+    assert reasons(HC4.C4(filter_curly_bracket=False, filter_lorem_ipsum=False), docs[:2]) == [None, None]
 
 
 def test_c4_modes_and_original_text():
     text = "\n".join(GOOD + ["menu"])
-    st = H.C4(mode="filter")
+    st = HC4.C4(mode="filter")
     out = run(st, [text])
     assert out.text is None and out.reasons.to_pylist() == [None]
     assert col(out, "c4_lines_removed") == [1]
-    st = H.C4(keep_original=True)
+    st = HC4.C4(keep_original=True)
     out = run(st, [text])
     assert out.columns[C.ORIGINAL_TEXT].to_pylist() == [text]
     assert out.text.to_pylist() == ["\n".join(GOOD)]
     assert C.ORIGINAL_TEXT in [f.name for f in st.fields()]
-    assert C.ORIGINAL_TEXT not in [f.name for f in H.C4().fields()]
+    assert C.ORIGINAL_TEXT not in [f.name for f in HC4.C4().fields()]
 
 
 def test_c4_paragraph_rule():
     long = ["This line is long enough to count as a paragraph " + "word " * 30 + f"number {i}." for i in range(3)]
     assert all(len(x) >= 200 for x in long)
-    st = H.C4(paragraph_filter=True, min_sentences=None)
+    st = HC4.C4(paragraph_filter=True, min_sentences=None)
     out = run(st, ["\n".join(long), "\n".join(long[:2] + ["A short one is here."])])
     assert out.reasons.to_pylist() == [None, "c4.paragraphs"]
     assert col(out, "c4_paragraphs") == [3, 2]
@@ -491,7 +494,7 @@ def test_c4_paragraph_rule():
 
 def test_c4_chinese_lines():
     zh = "\n".join(["今天天气很好。", "我们去公园散步。", "然后回家吃饭。", "大家都很高兴！", "明天再见吧？"])
-    out = run(H.C4(), [zh])
+    out = run(HC4.C4(), [zh])
     assert out.reasons.to_pylist() == [None]
     assert out.text.to_pylist() == [zh]
 
@@ -500,7 +503,7 @@ def test_c4_chinese_lines():
 # fineweb
 # ----------------------------------------------------------------------------------------
 
-FW = H.FineWeb
+FW = HFW.FineWeb
 
 
 def test_fw_line_punct_ratio():
@@ -559,8 +562,8 @@ def test_fw_empty():
     (GQ, {"max_bullet_lines": 1.5}, "max_bullet_lines"),
     (GQ, {"stop_words": ["ok", ""]}, "stop_words"),
     (GR, {"max_top_2_gram": "x"}, "max_top_2_gram"),
-    (H.C4, {"mode": "bogus"}, "mode"),
-    (H.C4, {"keep_original": "yes"}, "keep_original"),
+    (HC4.C4, {"mode": "bogus"}, "mode"),
+    (HC4.C4, {"keep_original": "yes"}, "keep_original"),
     (FW, {"stop_chars": []}, "stop_chars"),
     (FW, {"short_line_length": -1}, "short_line_length"),
 ])
@@ -575,7 +578,7 @@ def test_unknown_param_suggests_name():
         GQ(min_word=3)
 
 
-@pytest.mark.parametrize("cls", H.STAGES)
+@pytest.mark.parametrize("cls", STAGES)
 def test_columns_match_registered_fields(cls):
     stage = cls()
     out = run(stage, ["Some text here. It is short.\nAnother line.", ""])
@@ -596,8 +599,11 @@ def test_columns_match_registered_fields(cls):
 BIG_SCRIPT = textwrap.dedent("""
     import resource, sys, time
     import numpy as np, pyarrow as pa
-    sys.path.insert(0, {root!r})
-    from scorers import heuristics as H
+    from thresher.scorers.filters.c4 import C4
+    from thresher.scorers.filters.fineweb import FineWeb
+    from thresher.scorers.filters.gopher_quality import GopherQuality
+    from thresher.scorers.filters.gopher_repetition import GopherRepetition
+    STAGES = (GopherQuality, GopherRepetition, C4, FineWeb)
     # Zipf-distributed pseudo-words, sentences of ~15 words, paragraphs of 120 words,
     # 10% of the paragraphs repeated elsewhere in the document
     rng = np.random.default_rng(0)
@@ -614,7 +620,7 @@ BIG_SCRIPT = textwrap.dedent("""
     batch = pa.array([text, "A short document."], pa.large_string())
     del words, paras, text
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for cls in H.STAGES:
+    for cls in STAGES:
         t0 = time.perf_counter()
         out = cls().process(batch, None)
         assert len(out.reasons) == 2
@@ -628,6 +634,6 @@ def test_50mb_document_in_bounded_time_and_memory():
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     got = dict(line.split() for line in res.stdout.strip().splitlines())
-    for cls in H.STAGES:
+    for cls in STAGES:
         assert float(got[cls.name]) < 20, f"{cls.name} took {got[cls.name]} s on a 50 MB document"
     assert float(got["memory"]) < 2500, f"grew by {got['memory']} MB"

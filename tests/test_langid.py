@@ -11,12 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from schemas import columns as C
-from schemas import filters_lang_tox as F
-from scorers import fasttext_util as ftu
-from scorers.base import ParamError
-from scorers.langid import LanguageStage
+from thresher.schemas import columns as C
+from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.base import ParamError
+from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.filters.language import LanguageStage
 
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 WIKI = os.path.join(CORPORA, "wiki_summaries.parquet")

@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
-from schemas import columns as C
-from schemas import dedup as D
-from scorers import minhash as M
-from scorers.base import ParamError
+from thresher.schemas import columns as C
+from thresher.schemas import dedup as D
+from thresher.scorers.base import ParamError
+from thresher.scorers.dedup import components as CC
+from thresher.scorers.dedup import lsh as LSH
+from thresher.scorers.dedup import minhash as M
 
 CORPORA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        "shared", "corpora")
@@ -116,13 +117,13 @@ TRICKY = [
     M.Normalization(casefold=False, collapse_whitespace=False),
 ])
 def test_normalize_matches_python_reference(norm):
-    got = M.normalize(pa.array(TRICKY), norm).to_pylist()
-    want = [M.normalize_py(s, norm) for s in TRICKY]
+    got = LSH.normalize(pa.array(TRICKY), norm).to_pylist()
+    want = [LSH.normalize_py(s, norm) for s in TRICKY]
     assert got == want
 
 
 def test_normalisation_examples():
-    n = M.normalize(pa.array(["ＦＵＬＬ  width\n\nﬁne", "Straße", "a, b! c"]),
+    n = LSH.normalize(pa.array(["ＦＵＬＬ  width\n\nﬁne", "Straße", "a, b! c"]),
                     M.Normalization(strip_punct=True)).to_pylist()
     assert n == ["full width fine", "strasse", "a b c"]
 
@@ -133,13 +134,13 @@ def test_word_tokens_per_distinct_word_equal_whole_text_normalisation(norm):
     rng = random.Random(3)
     texts = TRICKY + [random_doc(rng, 30) + " " + rng.choice(TRICKY) for _ in range(50)] + [None]
     arr = pa.array(texts, pa.string())
-    a = M.tokens(M.normalize(arr, norm), "word")
+    a = LSH.tokens(LSH.normalize(arr, norm), "word")
     b = M.text_tokens(arr, "word", norm)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_case_and_unicode_variants_are_identical_documents():
-    s = M.signatures(["Ｔｈｅ QUICK brown fox jumps over the lazy dog",
+    s = LSH.signatures(["Ｔｈｅ QUICK brown fox jumps over the lazy dog",
                       "the quick   brown fox\njumps over the lazy dog"])
     assert np.array_equal(s[0], s[1])
 
@@ -168,14 +169,14 @@ def test_derived_parameters_are_sensible():
         assert abs((1 / b) ** (1 / r) - t) < 0.08
     st = M.MinHashDedup()
     assert (st.bands, st.rows) == (14, 8)
-    assert M.collision_probability(0.8, 14, 8) > 0.9
+    assert LSH.collision_probability(0.8, 14, 8) > 0.9
     assert (M.MinHashDedup(verify="none").bands, M.MinHashDedup(verify="none").rows) == (9, 12)
     assert (M.MinHashDedup(bands=20, rows=5).bands, M.MinHashDedup(bands=20, rows=5).rows) == (20, 5)
 
 
 def test_lsh_integrals_against_closed_form():
     # r = 1, b = 1: P(s) = s; FP area = t^2/2, FN area = (1-t)^2/2
-    fp, fn = M.lsh_error_integrals(0.6, np.array([1]), np.array([1]))
+    fp, fn = LSH.lsh_error_integrals(0.6, np.array([1]), np.array([1]))
     assert fp[0] == pytest.approx(0.18, abs=1e-9)
     assert fn[0] == pytest.approx(0.08, abs=1e-9)
 
@@ -200,17 +201,17 @@ def test_param_errors_name_the_key():
 def test_signature_determinism_and_seed():
     rng = random.Random(1)
     texts = [random_doc(rng, 60) for _ in range(50)]
-    s1 = M.signatures(texts, seed=7)
-    s2 = M.signatures(list(texts), seed=7)
-    s3 = M.signatures(texts, seed=8)
+    s1 = LSH.signatures(texts, seed=7)
+    s2 = LSH.signatures(list(texts), seed=7)
+    s3 = LSH.signatures(texts, seed=8)
     assert s1.dtype == np.uint32 and s1.shape == (50, 112)
     assert np.array_equal(s1, s2)
     assert (s1 != s3).mean() > 0.99
     # independent of how the texts are batched
-    parts = np.concatenate([M.signatures(texts[:17], seed=7), M.signatures(texts[17:], seed=7)])
+    parts = np.concatenate([LSH.signatures(texts[:17], seed=7), LSH.signatures(texts[17:], seed=7)])
     assert np.array_equal(parts, s1)
     # pinned values: a change here changes every stored signature (bump on purpose only)
-    s = M.signatures(["The quick brown fox jumps over the lazy dog near the river bank."])
+    s = LSH.signatures(["The quick brown fox jumps over the lazy dog near the river bank."])
     assert s[0, :6].tolist() == [174562311, 120867173, 175923824, 565897144, 1707703834, 473009487]
 
 
@@ -236,7 +237,7 @@ def test_estimate_tracks_exact_jaccard():
     a, b = M.permutations(112, 3)
     sig = M.signatures_from_shingles(sh, off, a, b)
     u, v = np.arange(n), np.arange(n, 2 * n)
-    est = M.signature_similarity(sig, u, v)
+    est = LSH.signature_similarity(sig, u, v)
     exact = keep / (400 - keep)
     err = est - exact
     assert abs(err.mean()) < 0.01          # unbiased
@@ -261,17 +262,17 @@ def test_signature_blocks_and_long_documents_match_brute_force():
 
 def test_string_hash_long_tokens():
     long = ["x" * n for n in (1, 7, 8, 9, 63, 64, 65, 200)] + ["a" * 64 + "b", "a" * 65]
-    h = M.hash_strings(pa.array(long))
+    h = LSH.hash_strings(pa.array(long))
     assert len(set(h.tolist())) == len(long)
-    assert np.array_equal(h, M.hash_strings(pa.array(long, pa.large_string())))
-    assert np.array_equal(M.hash_strings(pa.array(long[3:])), h[3:])
+    assert np.array_equal(h, LSH.hash_strings(pa.array(long, pa.large_string())))
+    assert np.array_equal(LSH.hash_strings(pa.array(long[3:])), h[3:])
 
 
 def test_shingle_counts_and_short_documents():
     texts = ["", "   ", "one", "two words", "a b c d", "a b c d e", "a b c d e f g"]
-    sh, off = M.shingles(texts)
+    sh, off = LSH.shingles(texts)
     assert np.diff(off).tolist() == [0, 0, 1, 1, 1, 1, 3]
-    sh, off = M.shingles(["abcd", "abcdef"], shingle="char", ngram=5)
+    sh, off = LSH.shingles(["abcd", "abcdef"], shingle="char", ngram=5)
     assert np.diff(off).tolist() == [1, 2]
 
 
@@ -288,8 +289,8 @@ def _torch_texts():
 def test_torch_path_is_bit_identical_on_cpu(mode, n):
     pytest.importorskip("torch")
     texts = _torch_texts()
-    s1, c1 = M.signatures(texts, shingle=mode, ngram=n, return_counts=True, seed=11)
-    s2, c2 = M.signatures(texts, shingle=mode, ngram=n, return_counts=True, seed=11,
+    s1, c1 = LSH.signatures(texts, shingle=mode, ngram=n, return_counts=True, seed=11)
+    s2, c2 = LSH.signatures(texts, shingle=mode, ngram=n, return_counts=True, seed=11,
                           device="torch-cpu")
     assert np.array_equal(c1, c2)
     assert np.array_equal(s1, s2)
@@ -297,18 +298,18 @@ def test_torch_path_is_bit_identical_on_cpu(mode, n):
 
 def test_torch_fmix_matches_numpy():
     torch = pytest.importorskip("torch")
-    from scorers import minhash_gpu as G
+    from thresher.scorers.dedup import _minhash_torch as G
     x = np.random.default_rng(0).integers(0, 2 ** 64 - 1, 1000, dtype=np.uint64, endpoint=True)
     got = G.fmix64(G.to_torch_u64(x, "cpu")).numpy().view(np.uint64)
-    assert np.array_equal(got, M.fmix64(x))
+    assert np.array_equal(got, LSH.fmix64(x))
     del torch
 
 
-@pytest.mark.skipif(not M._cuda_available(), reason="no CUDA device")
+@pytest.mark.skipif(not LSH._cuda_available(), reason="no CUDA device")
 def test_cuda_path_is_bit_identical():
     texts = _torch_texts() * 20
-    s1 = M.signatures(texts)
-    s2 = M.signatures(texts, device="cuda")
+    s1 = LSH.signatures(texts)
+    s2 = LSH.signatures(texts, device="cuda")
     assert np.array_equal(s1, s2)
     st_cpu, st_gpu = M.MinHashDedup(device="cpu"), M.MinHashDedup(device="cuda")
     t = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts})
@@ -318,7 +319,7 @@ def test_cuda_path_is_bit_identical():
 def test_device_resolution():
     assert M.resolve_device("cpu") == "cpu"
     assert M.resolve_device("auto") in ("cpu", "cuda")
-    if not M._cuda_available():
+    if not LSH._cuda_available():
         assert M.resolve_device("auto") == "cpu"
         with pytest.raises(RuntimeError):
             M.resolve_device("cuda")
@@ -334,7 +335,7 @@ def test_known_duplicate_recall_and_no_false_clusters():
     by_id = decisions_by_id(table, [table.num_rows], dec)
     ids = table["id"].to_pylist()
     # every planted family (Jaccard >= ~0.8 with 2 substitutions in 80 words) is one cluster
-    sh, so = M.shingles(table["text"])
+    sh, so = LSH.shingles(table["text"])
     sv, soff = M.unique_shingle_sets(sh, so)
     pred = np.array([ids.index(by_id[i][2]) if i in by_id else k for k, i in enumerate(ids)])
     found = total = 0
@@ -342,7 +343,7 @@ def test_known_duplicate_recall_and_no_false_clusters():
         rows = np.flatnonzero(fam == f)
         for x in range(len(rows)):
             for y in range(x + 1, len(rows)):
-                j = M.exact_jaccard(sv, soff, rows[[x]], rows[[y]])[0]
+                j = LSH.exact_jaccard(sv, soff, rows[[x]], rows[[y]])[0]
                 if j >= 0.85:
                     total += 1
                     found += pred[rows[x]] == pred[rows[y]]
@@ -361,9 +362,9 @@ def test_verification_removes_a_false_positive():
     sig[3] = sig[2]
     sig[3, 100:] = 7                        # 2 and 3: 100/112 equal
     bk = M.band_keys(sig, 14, 8)
-    u, v = M.candidate_pairs(bk)
+    u, v = LSH.candidate_pairs(bk)
     assert {(0, 1), (2, 3)} <= set(zip(u.tolist(), v.tolist()))
-    ok = M.verify(u, v, 0.8, sig=sig)
+    ok = LSH.verify(u, v, 0.8, sig=sig)
     assert {(a, b) for a, b, k in zip(u.tolist(), v.tolist(), ok) if k} == {(2, 3)}
     eu, ev = M.verified_edges(bk, 0.8, verify="signature", sig=sig)
     assert set(zip(eu.tolist(), ev.tolist())) == {(2, 3)}
@@ -384,12 +385,12 @@ def test_stage_verify_jaccard_and_none():
 def test_exact_jaccard_matches_python_sets_and_cap():
     rng = np.random.default_rng(1)
     # shingle hashes are well-mixed 64-bit values: small ints pushed through fmix64
-    sets = [np.unique(M.fmix64(rng.integers(0, 400, rng.integers(0, 300)).astype(np.uint64)))
+    sets = [np.unique(LSH.fmix64(rng.integers(0, 400, rng.integers(0, 300)).astype(np.uint64)))
             for _ in range(40)]
     off = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
     vals = np.concatenate(sets)
     u, v = np.triu_indices(40, 1)
-    got = M.exact_jaccard(vals, off, u, v, chunk_elems=5000)
+    got = LSH.exact_jaccard(vals, off, u, v, chunk_elems=5000)
     for a, b, g in zip(u, v, got):
         A, B = set(sets[a].tolist()), set(sets[b].tolist())
         want = len(A & B) / len(A | B) if A | B else 0.0
@@ -397,9 +398,9 @@ def test_exact_jaccard_matches_python_sets_and_cap():
     # capped (bottom-k) sets: exact when no set reaches the cap, close otherwise
     sh = vals
     cv, coff = M.unique_shingle_sets(sh, off, cap=1000)
-    assert np.array_equal(M.exact_jaccard(cv, coff, u, v, cap=1000), got)
+    assert np.array_equal(LSH.exact_jaccard(cv, coff, u, v, cap=1000), got)
     cv, coff = M.unique_shingle_sets(sh, off, cap=100)
-    assert np.abs(M.exact_jaccard(cv, coff, u, v, cap=100) - got).mean() < 0.05
+    assert np.abs(LSH.exact_jaccard(cv, coff, u, v, cap=100) - got).mean() < 0.05
 
 
 def test_large_buckets_use_verified_star_cover():
@@ -453,15 +454,15 @@ def test_star_components_on_long_path_and_star_rounds():
     assert rounds < 40
     assert (M.union_find(n, u, v) == 0).all()
     # per-round pieces: map + reduce equals the local round
-    lu, lv = M.large_star(u, v)
-    ru, rv = M.large_star_reduce(*M.large_star_map(u.astype(np.int64), v.astype(np.int64)))
+    lu, lv = CC.large_star(u, v)
+    ru, rv = CC.large_star_reduce(*CC.large_star_map(u.astype(np.int64), v.astype(np.int64)))
     assert np.array_equal(lu, ru) and np.array_equal(lv, rv)
-    assert M.edges_checksum(lu, lv) == M.edges_checksum(lu[::-1], lv[::-1])
+    assert CC.edges_checksum(lu, lv) == CC.edges_checksum(lu[::-1], lv[::-1])
 
 
 def test_components_on_benchmark_style_edges():
     table, _ = planted_corpus(seed=6, families=80, singles=100, edits=3)
-    sig = M.signatures(table["text"])
+    sig = LSH.signatures(table["text"])
     bk = M.band_keys(sig, 14, 8)
     u, v = M.verified_edges(bk, 0.8, sig=sig)
     n = table.num_rows

@@ -18,12 +18,15 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
-
-from pipelines import model_beam  # noqa: E402
-from pipelines.model_beam import ModelTaskSpec, ScoreTables, TextTaskModelHandler  # noqa: E402
-from pipelines.score_cmd import main as score_main  # noqa: E402
-from schemas import models as M  # noqa: E402
-from scorers.models import EncoderHead, build_task, save_encoder_head  # noqa: E402
+from thresher.pipelines import model_beam  # noqa: E402
+from thresher.pipelines.commands.score import main as score_main  # noqa: E402
+from thresher.pipelines.model_beam import (  # noqa: E402
+    ModelTaskSpec,
+    ScoreTables,
+    TextTaskModelHandler,
+)
+from thresher.schemas import models as M  # noqa: E402
+from thresher.scorers.models import EncoderHead, build_task, save_encoder_head  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(

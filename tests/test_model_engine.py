@@ -17,12 +17,21 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from schemas import models as M  # noqa: E402
-from scorers.models import (CheckpointError, DocumentTooLargeError, EncoderHead, Engine,  # noqa: E402
-                            UnsafeCheckpointError, build_task, detect_kind, load_model, pack_batches,
-                            save_encoder_head)
-from scorers.models.engine import resolve_device  # noqa: E402
-from scorers.models.tasks import CausalLMLoss, EncoderScore, Generate  # noqa: E402
+from thresher.schemas import models as M  # noqa: E402
+from thresher.scorers.models import (  # noqa: E402
+    CheckpointError,
+    DocumentTooLargeError,
+    EncoderHead,
+    Engine,
+    UnsafeCheckpointError,
+    build_task,
+    detect_kind,
+    load_model,
+    pack_batches,
+    save_encoder_head,
+)
+from thresher.scorers.models.engine import resolve_device  # noqa: E402
+from thresher.scorers.models.tasks import CausalLMLoss, EncoderScore, Generate  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -589,7 +598,7 @@ def test_schema_helpers():
     assert [(f.name, f.type) for f in M.task_fields("causal_lm_loss")] == [
         ("lm_loss_sum", pa.float64()), ("lm_tokens", pa.int64()), ("lm_chars", pa.int64()), ("lm_bpc", pa.float64())]
     assert M.task_fields("generate")[0].type == pa.string()
-    from schemas import columns as C
+    from thresher.schemas import columns as C
     assert C.STAGE_FIELDS["causal_lm_loss"][0].name == "lm_loss_sum"
     with pytest.raises(ValueError):
         M.score_column(3, 3)

@@ -2,10 +2,8 @@
 import os
 
 import nbformat
-import pytest
-from nbclient import NotebookClient
-
 from conftest import ROOT, corpus, local_run
+from nbclient import NotebookClient
 
 
 def test_inspect_notebook_executes(tmp_path, monkeypatch):

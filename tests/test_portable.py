@@ -7,8 +7,6 @@ import sys
 import time
 
 import pyarrow.parquet as pq
-import pytest
-
 from conftest import corpus, local_run
 
 
@@ -39,7 +37,7 @@ def test_portable_runner_gives_identical_outputs(tmp_path):
                 break
             except OSError:
                 time.sleep(0.3)
-        from pipelines.api import run
+        from thresher.pipelines.api import run
         stats = run({"input": str(inp), "output": str(tmp_path / "portable"), "stages": stages,
                      "runner": "PortableRunner",
                      "pipeline_options": {"job_endpoint": f"localhost:{port}", "environment_type": "LOOPBACK"}},

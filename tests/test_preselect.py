@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import corpus, local_run
-from schemas.config import ConfigError
-from scorers.preselect import predictive_strength, select_labels, top_fraction
+from thresher.schemas.config import ConfigError
+from thresher.scorers.selection.select import top_fraction
+from thresher.scorers.training.preselect import predictive_strength, select_labels
 
 
 def test_strength_hand_computed():
@@ -65,7 +65,7 @@ def test_top_fraction_by_chars_and_docs():
 @pytest.fixture(scope="module")
 def style_classifier(tmp_path_factory):
     """A fastText classifier trained here: formal/technical paragraphs are __label__1."""
-    from scorers import fasttext_util as ftu
+    from thresher.scorers.classifiers import fasttext_util as ftu
     d = tmp_path_factory.mktemp("ps")
     t = pq.read_table(corpus("style_paragraphs.parquet")).to_pydict()
     lines = []
@@ -133,7 +133,7 @@ def test_stage_threshold_and_docs_modes(tmp_path, style_classifier):
 
 
 def test_stage_bad_params(tmp_path, write_shards, style_classifier):
-    from pipelines.api import plan
+    from thresher.pipelines.api import plan
     inp = write_shards({"a.parquet": {"text": ["x"]}})
     with pytest.raises(ConfigError, match=r"stages\[0\]\.model: fastText model '/nope.bin' does not exist"):
         plan({"input": inp, "output": str(tmp_path / "o"), "stages": [{"name": "preselect", "model": "/nope.bin"}]})
@@ -144,7 +144,7 @@ def test_stage_bad_params(tmp_path, write_shards, style_classifier):
 
 
 def test_train_config_errors(tmp_path):
-    from pipelines.preselect_cmd import train
+    from thresher.pipelines.commands.preselect import train
     d = tmp_path / "m"
     d.mkdir()
     with pytest.raises(ConfigError, match=r"models\[1\]\.score: missing"):
@@ -158,8 +158,8 @@ def test_train_config_errors(tmp_path):
 
 def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
     """Three tiny LMs of different strength (trained here), their target loss as the score."""
-    from scorers import fasttext_util as ftu
-    from scorers import lmtrain
+    from thresher.scorers.classifiers import fasttext_util as ftu
+    from thresher.scorers.training import lm as lmtrain
     wiki = pq.read_table(corpus("wiki_summaries.parquet"), columns=["id", "lang", "text"])
     wiki = wiki.filter(pa.compute.equal(wiki["lang"], "en")).slice(0, 1200)
     fort = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 600)
@@ -178,7 +178,7 @@ def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
     pq.write_table(fort, pool / "fortunes.parquet")
     out = tmp_path / "ps"
     import yaml
-    from pipelines.cli import main
+    from thresher.pipelines.cli import main
     cfg = tmp_path / "preselect.yaml"
     cfg.write_text(yaml.safe_dump({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},
                                    "models": models, "scoring": {"device": "cpu", "max_length": 128}}))
@@ -197,7 +197,7 @@ def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
 
 
 def test_sample_is_independent_of_shard_layout(tmp_path):
-    from pipelines.preselect_cmd import sample_documents
+    from thresher.pipelines.commands.preselect import sample_documents
     t = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 3000)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

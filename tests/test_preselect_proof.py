@@ -5,7 +5,6 @@ import math
 import os
 
 import pytest
-
 from conftest import corpus
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -10,8 +10,7 @@ import sys
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-
-from pipelines import sample
+from thresher.pipelines import sample
 
 N = 2000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +85,7 @@ def test_different_seed_differs():
 
 _DIGEST = """
 import hashlib
-from pipelines import sample
+from thresher.pipelines import sample
 
 def digest(n, seed):
     docs, truth = sample.generate(n, seed)

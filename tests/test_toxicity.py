@@ -15,13 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from schemas import filters_lang_tox as F
-from scorers import fasttext_util as ftu
-from scorers import toxicity as T
-from scorers.base import ParamError
-from scorers.toxicity import (ToxicityStage, WordListScorer, compile_wordlist, load_wordlists,
-                              match_wordlist, train_toxicity_classifier)
+from thresher.pipelines.commands import toxicity as TCMD
+from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.base import ParamError
+from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.filters import toxicity as T
+from thresher.scorers.filters.toxicity import (
+    ToxicityStage,
+    WordListScorer,
+    compile_wordlist,
+    load_wordlists,
+    match_wordlist,
+)
+from thresher.scorers.training import toxicity as TT
+from thresher.scorers.training.toxicity import train_toxicity_classifier
 
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 TOX = os.path.join(CORPORA, "toxicity_labelled.parquet")
@@ -250,10 +257,10 @@ def test_classifier_train_and_round_trip(tmp_path, tox_split, kind):
     score = np.asarray(out.columns[F.TOXICITY_SCORE])
     assert out.columns[F.TOXICITY_SCORE].type == pa.float32()
     yt = y[test_idx]
-    auc = T.roc_auc(yt, score)
+    auc = TT.roc_auc(yt, score)
     assert score[yt].mean() > score[~yt].mean()
     assert auc > 0.8, auc
-    m = T.binary_metrics(yt, score, 0.5)
+    m = TT.binary_metrics(yt, score, 0.5)
     # rows without any known word (also the last row of a batch) score too
     odd = _process(stage, ["fine words here", "qqzzxx", "", "qqzzxx vvww"])
     assert len(odd.columns[F.TOXICITY_SCORE]) == 4
@@ -274,9 +281,9 @@ def test_wordlist_precision_recall_on_heldout(tox_split):
     h = np.asarray(out.columns[F.TOXICITY_HARD_HITS])
     s = np.asarray(out.columns[F.TOXICITY_SOFT_HITS])
     flagged = out.reasons.is_valid().to_numpy(zero_copy_only=False)
-    m = T.binary_metrics(yt, flagged.astype(float), 0.5)
-    any_hit = T.binary_metrics(yt, ((h + s) > 0).astype(float), 0.5)
-    auc = T.roc_auc(yt, np.asarray(out.columns[F.TOXICITY_WORDLIST_SCORE]))
+    m = TT.binary_metrics(yt, flagged.astype(float), 0.5)
+    any_hit = TT.binary_metrics(yt, ((h + s) > 0).astype(float), 0.5)
+    auc = TT.roc_auc(yt, np.asarray(out.columns[F.TOXICITY_WORDLIST_SCORE]))
     print(f"\n[wordlist] default rules on 3,000 held-out tweets: precision {m['precision']:.3f} "
           f"recall {m['recall']:.3f}; any hit: precision {any_hit['precision']:.3f} "
           f"recall {any_hit['recall']:.3f}; AUC of wordlist score {auc:.3f}")
@@ -294,7 +301,7 @@ def test_main_train_csv_with_string_labels(tmp_path, tox_split):
         for i in train_idx[:1500]:
             w.writerow([texts[i], labels[i]])
     out = tmp_path / "m"
-    rc = T.main_train(["--input", str(path), "--text-column", "tweet", "--label-column", "class",
+    rc = TCMD.main_train(["--input", str(path), "--text-column", "tweet", "--label-column", "class",
                        "--output", str(out), "--kind", "linear", "--seed", "3",
                        "--test-fraction", "0.25", "--positive", "hate,offensive"])
     assert rc == 0
@@ -302,28 +309,28 @@ def test_main_train_csv_with_string_labels(tmp_path, tox_split):
     assert card["positive_values"] == ["hate", "offensive"] and card["seed"] == 3
     assert card["counts"]["test"] == 375
     # bad positive value: a single class, clear error, exit code 2
-    rc = T.main_train(["--input", str(path), "--text-column", "tweet", "--label-column", "class",
+    rc = TCMD.main_train(["--input", str(path), "--text-column", "tweet", "--label-column", "class",
                        "--output", str(tmp_path / "m2"), "--positive", "nonsense"])
     assert rc == 2
 
 
 def test_label_binarisation_and_split():
-    assert T.binarize_labels([True, False, 1, 0, "toxic", "TRUE", "clean"]).tolist() == \
+    assert TT.binarize_labels([True, False, 1, 0, "toxic", "TRUE", "clean"]).tolist() == \
         [True, False, True, False, True, True, False]
-    assert T.binarize_labels(["a", "b"], positive=["B"]).tolist() == [False, True]
+    assert TT.binarize_labels(["a", "b"], positive=["B"]).tolist() == [False, True]
     with pytest.raises(ValueError):
-        T.binarize_labels(["x", "y"])
+        TT.binarize_labels(["x", "y"])
     y = np.array([True] * 80 + [False] * 20)
-    tr, te = T.stratified_split(y, 0.25, seed=1)
+    tr, te = TT.stratified_split(y, 0.25, seed=1)
     assert len(te) == 25 and y[te].sum() == 20 and len(set(tr) & set(te)) == 0
-    tr2, te2 = T.stratified_split(y, 0.25, seed=1)
+    tr2, te2 = TT.stratified_split(y, 0.25, seed=1)
     assert (te == te2).all()
 
 
 def test_roc_auc():
-    assert T.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
-    assert T.roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert T.roc_auc([1, 1], [0.1, 0.2]) is None
+    assert TT.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert TT.roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert TT.roc_auc([1, 1], [0.1, 0.2]) is None
 
 
 def test_bad_model_paths(tmp_path):

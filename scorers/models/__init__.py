@@ -1,6 +1,6 @@
 """Model scorers: one engine, three tasks (framework-free; no Beam import).
 
-    from scorers.models import build_task
+    from thresher.scorers.models import build_task
     task = build_task("causal_lm_loss", "/models/my-llama", device="auto")
     cols = task(["some text", "more text"])        # {"lm_loss_sum": pa.Array, ...}
     table = task.score_table(table, text_column="text")
@@ -10,11 +10,32 @@ Modules: ``loading`` (safe checkpoint loading), ``engine`` (token-budget
 batching, device/dtype, OOM back-off, stats), ``tasks`` (``causal_lm_loss``,
 ``encoder_score``, ``generate``). Column names live in ``schemas/models.py``.
 """
-from scorers.models.engine import (DocumentTooLargeError, Engine, EngineStats, pack_batches,
-                                   resolve_compute_dtype, resolve_device)
-from scorers.models.loading import (CheckpointError, EncoderHead, LoadedModel, UnsafeCheckpointError,
-                                    detect_kind, load_encoder_head, load_model, save_encoder_head)
-from scorers.models.tasks import TASKS, CausalLMLoss, EncoderScore, Generate, ModelTask, build_task
+from thresher.scorers.models.engine import (
+                                   DocumentTooLargeError,
+                                   Engine,
+                                   EngineStats,
+                                   pack_batches,
+                                   resolve_compute_dtype,
+                                   resolve_device,
+)
+from thresher.scorers.models.loading import (
+                                   CheckpointError,
+                                   EncoderHead,
+                                   LoadedModel,
+                                   UnsafeCheckpointError,
+                                   detect_kind,
+                                   load_encoder_head,
+                                   load_model,
+                                   save_encoder_head,
+)
+from thresher.scorers.models.tasks import (
+                                   TASKS,
+                                   CausalLMLoss,
+                                   EncoderScore,
+                                   Generate,
+                                   ModelTask,
+                                   build_task,
+)
 
 __all__ = [
     "build_task", "TASKS", "ModelTask", "CausalLMLoss", "EncoderScore", "Generate",

@@ -384,7 +384,11 @@ def _load_tokenizer(directory: str):
 
 
 def _load_hf(directory: str, kind: str, weights_dtype: Optional[torch.dtype]):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-load progress bars in worker logs

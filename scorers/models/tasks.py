@@ -33,11 +33,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-
-from schemas import models as M
-from scorers.models.engine import Engine
-from scorers.models.loading import (KIND_CAUSAL_LM, KIND_ENCODER, KIND_FASTTEXT, KIND_SEQ_CLS,
-                                    LoadedModel, load_model)
+from thresher.schemas import models as M
+from thresher.scorers.models.engine import Engine
+from thresher.scorers.models.loading import (
+    KIND_CAUSAL_LM,
+    KIND_ENCODER,
+    KIND_FASTTEXT,
+    KIND_SEQ_CLS,
+    LoadedModel,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 

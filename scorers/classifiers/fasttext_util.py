@@ -12,7 +12,7 @@ Shared by every stage that scores text with a fastText ``.bin``/``.ftz`` model
   array with one call into fastText (``multilinePredict``), so the per-document
   Python overhead is a list element, not a function call.
 * :func:`load_classifier` returns either a fastText model or thresher's
-  :class:`scorers.fasttext_native.NativeFastText` (same results, array
+  :class:`thresher.scorers.classifiers.fasttext_native.NativeFastText` (same results, array
   implementation); :func:`predict_top` and :func:`predict_label_prob` take both.
 * fastText predicts one *line* at a time: a newline ends the input, so
   everything after the first newline would be ignored. :func:`prepare_lines`
@@ -250,12 +250,12 @@ ENGINES = ("native", "fasttext")
 def load_classifier(path: str, engine: str = "native", cache_tokens: int = 1_000_000):
     """A fastText classifier for :func:`predict_top` / :func:`predict_label_prob`.
 
-    ``engine="native"``: :class:`scorers.fasttext_native.NativeFastText` (thresher's
+    ``engine="native"``: :class:`thresher.scorers.classifiers.fasttext_native.NativeFastText` (thresher's
     array implementation: same results, several times faster); ``"fasttext"``:
     the fastText package's model.
     """
     if engine == "native":
-        from scorers.fasttext_native import NativeFastText
+        from thresher.scorers.classifiers.fasttext_native import NativeFastText
         return NativeFastText(path, cache_tokens=cache_tokens)
     if engine == "fasttext":
         return load_model(path)
@@ -312,7 +312,7 @@ def normalize_label(label: str, prefix: str = LABEL_PREFIX) -> str:
 def model_labels(model) -> list[str]:
     """The model's labels without the label prefix, in the model's order.
 
-    Accepts a fastText model or a :class:`scorers.fasttext_native.NativeFastText`.
+    Accepts a fastText model or a :class:`thresher.scorers.classifiers.fasttext_native.NativeFastText`.
     """
     if not hasattr(model, "get_labels"):
         return [normalize_label(lab) for lab in model.labels]

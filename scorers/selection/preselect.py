@@ -21,110 +21,17 @@ authors' code does it:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from schemas import columns as C
-from schemas.preselect import PRESELECT_SCORE
-from scorers.base import GlobalStage, Param, ParamError, between, one_of
-
-FASTTEXT_PARAMS = {"epoch": 3, "lr": 0.1, "wordNgrams": 2}
-
-
-# --------------------------------------------------------------------------- strength
-def predictive_strength(losses: np.ndarray, scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Concordance of each document's loss ranking with the models' downstream ranking.
-
-    ``losses``: (n_docs, n_models) normalised losses (NaN = missing).
-    ``scores``: downstream score per model (higher = stronger).
-    Returns (strength in [0, 1] (NaN for skipped docs), concordant pair counts
-    (int, -1 for skipped), number of ordered model pairs).
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    if losses.ndim != 2 or losses.shape[1] != s.size:
-        raise ValueError(f"losses must be (n_docs, {s.size}) for {s.size} model scores, got {losses.shape}")
-    if s.size < 2:
-        raise ValueError("predictive strength needs at least two models")
-    i, j = np.triu_indices(s.size, k=1)
-    ordered = s[i] != s[j]
-    i, j = i[ordered], j[ordered]
-    if i.size == 0:
-        raise ValueError("all models have the same downstream score: no ordering to agree with")
-    strong = np.where(s[i] > s[j], i, j)
-    weak = np.where(s[i] > s[j], j, i)
-    conc = (losses[:, strong] < losses[:, weak]).sum(axis=1)
-    missing = np.isnan(losses).any(axis=1)
-    strength = conc / i.size
-    strength = np.where(missing, np.nan, strength)
-    return strength, np.where(missing, -1, conc), int(i.size)
-
-
-def select_labels(strength: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Indices of positives (maximal strength) and as many lowest-strength negatives."""
-    from scorers.textops_basic import stable_id_hash
-
-    ok = ~np.isnan(strength)
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        raise ValueError("no document has a loss from every model")
-    top = 1.0
-    pos = idx[strength[idx] >= top - 1e-12]
-    info: dict[str, Any] = {"positive_strength": top}
-    if pos.size == 0:  # no perfectly concordant document: take the maximum observed
-        top = float(strength[idx].max())
-        pos = idx[strength[idx] >= top - 1e-12]
-        info["positive_strength"] = top
-        info["note"] = "no document had strength 1; positives are those of the maximum observed strength"
-    rest = np.setdiff1d(idx, pos)
-    h = stable_id_hash(pa.array(list(ids), pa.string()))
-    order = rest[np.lexsort((h[rest], strength[rest]))]  # ascending strength, then id hash
-    k = min(pos.size, order.size)
-    pos_sorted = pos[np.argsort(h[pos], kind="stable")]
-    pos_sel = pos_sorted[:k] if k < pos.size else pos_sorted
-    neg = order[:k]
-    info.update({"positives": int(pos_sel.size), "negatives": int(neg.size),
-                 "positives_available": int(pos.size),
-                 "negative_strength_max": float(strength[neg].max()) if neg.size else None})
-    return pos_sel, neg, info
-
-
-def fasttext_line(text: str) -> str:
-    return text.replace("\n", " ")
-
-
-# --------------------------------------------------------------------------- selection
-def top_fraction(scores: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
-    """Boolean mask of the highest-scoring rows whose weight sum first reaches
-    ``fraction`` of the total, and the score threshold (the lowest selected score).
-
-    Order: score descending, then ``tiebreak`` ascending (a stable hash of the id),
-    so the selection does not depend on input order.
-    """
-    n = scores.size
-    mask = np.zeros(n, dtype=bool)
-    if n == 0 or fraction <= 0:
-        return mask, math.inf
-    total = float(weights.sum())
-    order = np.lexsort((tiebreak, -scores))
-    if fraction >= 1:
-        mask[:] = True
-        return mask, float(scores.min())
-    cum = np.cumsum(weights[order], dtype=np.float64)
-    target = fraction * total
-    k = int(np.searchsorted(cum, target, side="left")) + 1   # include the row that crosses
-    k = min(max(k, 1), n)
-    # choose between stopping before or after the crossing row: whichever is closer
-    if k > 1 and abs(cum[k - 2] - target) < abs(cum[k - 1] - target):
-        k -= 1
-    mask[order[:k]] = True
-    return mask, float(scores[order[k - 1]])
+from thresher.schemas import columns as C
+from thresher.schemas.preselect import PRESELECT_SCORE
+from thresher.scorers.base import GlobalStage, Param, ParamError, between, one_of
+from thresher.scorers.selection.select import top_fraction
 
 
 class PreSelect(GlobalStage):
@@ -161,7 +68,7 @@ class PreSelect(GlobalStage):
             raise ParamError(prefix + "model", f"fastText model {path!r} does not exist")
 
     def setup(self) -> None:
-        from scorers.fasttext_util import load_classifier
+        from thresher.scorers.classifiers.fasttext_util import load_classifier
         if getattr(self, "_model", None) is None:
             self._model = load_classifier(self.config["model"], self.config["engine"])
 
@@ -171,7 +78,7 @@ class PreSelect(GlobalStage):
         return d
 
     def score(self, text: pa.Array) -> np.ndarray:
-        from scorers.fasttext_util import predict_label_prob
+        from thresher.scorers.classifiers.fasttext_util import predict_label_prob
         self.setup()
         return predict_label_prob(self._model, text, self.config["label"])
 
@@ -180,7 +87,7 @@ class PreSelect(GlobalStage):
                          "_chars": pc.utf8_length(text).cast(pa.int64()), "_id": ids})
 
     def compute(self, keys: pa.Table) -> pa.Table:
-        from scorers.textops_basic import stable_id_hash
+        from thresher.scorers.text.hashing import stable_id_hash
         n = keys.num_rows
         scores = keys[PRESELECT_SCORE].to_numpy().astype(np.float64) if n else np.zeros(0)
         chars = keys["_chars"].to_numpy().astype(np.float64) if n else np.zeros(0)
@@ -208,9 +115,3 @@ class PreSelect(GlobalStage):
             C.ROW: keys[C.ROW].take(pa.array(rej)).combine_chunks() if n else pa.array([], pa.int64()),
             C.REASON: pa.array([self.reason("below_threshold")] * rej.size, pa.string()),
         })
-
-
-def write_card(path: str, card: dict[str, Any]) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(card, f, indent=2, sort_keys=True, default=float)
-    os.replace(path + ".tmp", path)

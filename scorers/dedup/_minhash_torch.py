@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from scorers import minhash as M
+from thresher.scorers.dedup import lsh as M
 
 _MASK32 = 0xFFFFFFFF
 
@@ -52,7 +51,7 @@ def to_torch_u64(a: np.ndarray, device) -> torch.Tensor:
 
 
 def shingle_hashes(tok: torch.Tensor, doc_off: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch version of :func:`scorers.minhash.shingle_hashes` (same conventions)."""
+    """Torch version of :func:`thresher.scorers.dedup.lsh.shingle_hashes` (same conventions)."""
     dev = tok.device
     lens = doc_off[1:] - doc_off[:-1]
     counts = torch.where(lens >= n, lens - n + 1, torch.clamp(lens, max=1))

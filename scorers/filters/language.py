@@ -15,7 +15,7 @@ classifier whose labels are languages can be used instead (``model``:
 Whole documents are scored as one line (newlines become spaces), as
 datatrove and fastText's own ``predict`` do. The default ``engine: native``
 scores a whole batch with thresher's array implementation of fastText
-inference (:mod:`scorers.fasttext_native`: same tokens, hashes, pruning and
+inference (:mod:`thresher.scorers.classifiers.fasttext_native`: same tokens, hashes, pruning and
 tree, so the same labels, probabilities within 1e-5), several times faster
 than calling fastText; ``engine: fasttext`` calls the fastText package
 instead (one call per batch).
@@ -28,11 +28,18 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from schemas import filters_lang_tox as F
-from scorers import fasttext_util as ftu
-from scorers.fasttext_native import NativeFastText
-from scorers.base import first_reason, LocalStage, Param, ParamError, StageOutput, between, one_of
+from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.base import (
+    LocalStage,
+    Param,
+    ParamError,
+    StageOutput,
+    between,
+    first_reason,
+    one_of,
+)
+from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.classifiers.fasttext_native import NativeFastText
 
 
 def _check_languages(v: Any) -> Optional[str]:

@@ -47,8 +47,11 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from scorers.fasttext_util import FastTextModelError, LABEL_PREFIX, check_model_file
+from thresher.scorers.classifiers.fasttext_util import (
+    LABEL_PREFIX,
+    FastTextModelError,
+    check_model_file,
+)
 
 __all__ = ["NativeFastText", "LOSS_NAMES"]
 
@@ -69,7 +72,7 @@ _EINSUM_MAX = 1 << 16
 _ARROW_VOCAB_MAX = 200_000
 
 try:   # optional compiled n-gram kernel (setup.py); the numpy code gives the same pairs
-    from scorers import _ftnative as _KERNEL
+    from thresher.scorers.classifiers import _ftnative as _KERNEL
 except ImportError:   # pragma: no cover - depends on the build
     _KERNEL = None
 if os.environ.get("THRESHER_NO_C_KERNEL"):

@@ -29,10 +29,9 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from pipelines import io
-from schemas.config import ConfigError, load_config_file
-from schemas.documents import InputError
+from thresher.pipelines import io
+from thresher.schemas.config import ConfigError, load_config_file
+from thresher.schemas.documents import InputError
 
 _KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "fasttext", "seed"}
 
@@ -119,7 +118,7 @@ def sample_documents(path: str, text_column: str, id_column: Optional[str], size
 
 
 def model_bpc(path: str, texts: pa.Array, scoring: dict) -> tuple[np.ndarray, dict]:
-    from scorers.models.tasks import build_task
+    from thresher.scorers.models.tasks import build_task
     task = build_task("causal_lm_loss", path, **scoring)
     t0 = time.time()
     cols = task(texts)
@@ -134,9 +133,15 @@ def model_bpc(path: str, texts: pa.Array, scoring: dict) -> tuple[np.ndarray, di
 
 def train(raw: dict, log=print) -> dict:
     """Run PreSelect training from a config mapping; returns the card."""
-    from scorers import fasttext_util as ftu
-    from scorers.preselect import FASTTEXT_PARAMS, fasttext_line, predictive_strength, select_labels, write_card
-    from scorers.textops_basic import stable_id_hash
+    from thresher.scorers.classifiers import fasttext_util as ftu
+    from thresher.scorers.text.hashing import stable_id_hash
+    from thresher.scorers.training.preselect import (
+        FASTTEXT_PARAMS,
+        fasttext_line,
+        predictive_strength,
+        select_labels,
+        write_card,
+    )
 
     cfg = _check(raw)
     ftu.require_fasttext(training=True)

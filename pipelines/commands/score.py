@@ -35,8 +35,8 @@ _TASK_ONLY = {
 def resolve_inputs(spec: str) -> list[str]:
     """Sorted Parquet files named by a file, a directory, or a glob (local or a
     Beam filesystem URL such as ``gs://bucket/dir``)."""
-    from pipelines.io import discover
-    from schemas.documents import InputError
+    from thresher.pipelines.io import discover
+    from thresher.schemas.documents import InputError
     try:
         files = discover(os.path.expanduser(spec))
     except InputError as e:
@@ -120,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from scorers.models.loading import CheckpointError, detect_kind
+    from thresher.scorers.models.loading import CheckpointError, detect_kind
 
     model = os.path.abspath(os.path.expanduser(args.model))
     kind = None
@@ -153,8 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             options.pop(k)
 
     import pyarrow.parquet as pq
-
-    from pipelines.model_beam import _open_read
+    from thresher.pipelines.model_beam import _open_read
 
     with _open_read(inputs[0]) as f:
         first = pq.ParquetFile(f).schema_arrow
@@ -163,8 +162,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipelines.model_beam import ModelTaskSpec, ScoreShardDoFn, query_counters
+    from thresher.pipelines.model_beam import (
+        ModelTaskSpec,
+        ScoreShardDoFn,
+        query_counters,
+    )
 
     spec = ModelTaskSpec.make(args.task, model, text_column=args.text_column, head=args.head,
                               weights_dtype=args.weights_dtype, **options)

@@ -41,7 +41,7 @@ Words are never empty and never contain whitespace.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
