@@ -127,7 +127,7 @@ def worker_thresher(data: Path, out: Path, variant: str) -> dict:
             stage.timings["read+keys_total"] = stage.timings.get("read+keys_total", 0) + time.process_time() - st
     keys = pa.concat_tables(parts)
     key_bytes = keys.nbytes
-    dec = stage.compute(keys)
+    dec = stage.compute(keys).table
     cpu, wall = _cpu() - t0, time.time() - w0
     # fingerprint of all signatures, in shard/row order (compares CPU and GPU runs)
     import xxhash

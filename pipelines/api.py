@@ -59,13 +59,9 @@ def load(config: Union[str, dict, Config], **overrides: Any) -> Config:
 def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
     """Validate the config and every shard's footer; no document is read yet."""
     cfg = load(config, **overrides)
-    from thresher.pipelines.registry import build_stages
+    from thresher.pipelines.registry import build_stages, check_columns
     stages = build_stages(cfg.stages)        # parameter errors name the config key
-    names = [s.name for s in stages]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ConfigError("stages", f"stage {sorted(dup)[0]!r} appears twice; each stage may be used once "
-                                    f"(its score columns would collide)")
+    check_columns(stages)                    # one stage twice needs distinct ids (distinct columns)
     if cfg.input.id_column is None and io.first_schema_has(cfg.input.path, "id"):
         cfg.input.id_column = "id"          # an input column named "id" is the id
     shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column,
@@ -183,6 +179,7 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
     input_rows = sum(s.num_rows for s in p.shards)
     reasons: dict[str, dict[str, int]] = {}
     stage_seconds: dict[str, float] = {}
+    engine_stats: dict[str, dict[str, float]] = {}
     for m in manifests:
         for r, v in m["reasons"].items():
             acc = reasons.setdefault(r, {"docs": 0, "chars": 0})
@@ -190,6 +187,10 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
             acc["chars"] += v["chars"]
         for sid, sec in m.get("stage_seconds", {}).items():
             stage_seconds[sid] = stage_seconds.get(sid, 0.0) + float(sec)
+        for sid, counters in m.get("stage_stats", {}).items():
+            acc_s = engine_stats.setdefault(sid, {})
+            for name, v in counters.items():
+                acc_s[name] = acc_s.get(name, 0) + v
     chars_in = sum(int(m["chars_in"]) for m in manifests)
     # files on disk: the ground truth for reconciliation
     kept_rows = rej_rows = 0
@@ -224,6 +225,12 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
                "seconds": round(sec + (g or {}).get("seconds", 0.0), 4), "reasons": rs}
         if g:
             row["global"] = {k: v for k, v in g.items() if k not in ("stage", "fingerprint")}
+        if st.id in engine_stats:
+            e = dict(engine_stats[st.id])
+            e["padding_waste"] = round(1 - e["processed_tokens"] / e["padded_tokens"], 4) if e.get("padded_tokens") else 0.0
+            e["docs_per_s"] = round(e["docs"] / e["wall_s"], 1) if e.get("wall_s") else None
+            e["tokens_per_s"] = round(e["doc_tokens"] / e["wall_s"], 1) if e.get("wall_s") else None
+            row["engine"] = e
         stage_rows.append(row)
         docs_in -= rej
         ch_in -= rch

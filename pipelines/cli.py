@@ -12,23 +12,11 @@ from typing import Optional
 from thresher.schemas.config import ConfigError
 from thresher.schemas.documents import InputError
 
-#: The default pipeline: every stage that needs no model beyond what the
-#: project's dependencies ship. Stages not registered (yet) are skipped.
-DEFAULT_STAGES: list[dict] = [
-    {"name": "language"},
-    {"name": "exact_dedup"},
-    {"name": "gopher_repetition"},
-    {"name": "gopher_quality"},
-    {"name": "c4"},
-    {"name": "fineweb"},
-    {"name": "toxicity"},
-    {"name": "minhash_dedup"},
-]
-
-
 def default_stages() -> list[dict]:
-    from thresher.pipelines import registry
-    return [s for s in DEFAULT_STAGES if s["name"] in registry.names()]
+    """The default pipeline: every registered stage that declares a ``default_order``
+    (the stages that need no model beyond what the project's dependencies ship)."""
+    from thresher.scorers.registry import default_pipeline
+    return default_pipeline()
 
 
 def _err(msg: str, code: int = 2) -> int:
@@ -139,14 +127,20 @@ def cmd_inspect(args) -> int:
 
 def cmd_stages(args) -> int:
     from thresher.pipelines import registry
+    if getattr(args, "markdown", False):
+        from thresher.pipelines.stage_docs import markdown
+        sys.stdout.write(markdown())
+        return 0
     for name in registry.names():
         cls = registry.stage_class(name)
         print(f"{name} ({cls.kind}): {cls.doc}")
         for p, spec in cls.params.items():
             default = "required" if spec.required else repr(spec.default)
             print(f"    {p}: {default}  {spec.doc}")
-        if cls.reasons:
-            print(f"    reasons: {', '.join(cls.reasons)}")
+        if cls.columns:
+            print(f"    columns: {', '.join(c.name for c in cls.columns)}")
+        if cls.reason_rules():
+            print(f"    reasons: {', '.join(f'{name}.{r}' for r in cls.reason_rules())}")
     return 0
 
 
@@ -229,6 +223,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return ps_main(argv[2:])
 
     ap = argparse.ArgumentParser(prog="thresher", description="Curate LM pretraining corpora with Apache Beam.")
+    from thresher import __version__
+    ap.add_argument("--version", action="version", version=f"thresher {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("sample", help="write the built-in sample corpus as Parquet shards")
@@ -254,7 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ip.add_argument("--json", action="store_true")
     ip.add_argument("--examples", type=int, default=3)
 
-    sub.add_parser("stages", help="list stages, their parameters and reasons")
+    stp = sub.add_parser("stages", help="list stages, their parameters, columns and reasons")
+    stp.add_argument("--markdown", action="store_true", help="print the README's stage reference (generated)")
     sub.add_parser("score", help="run one model task over a corpus (see: thresher score --help)")
     tp = sub.add_parser("toxicity", help="toxicity tools (thresher toxicity train --help)")
     tp.add_argument("action", choices=["train"])

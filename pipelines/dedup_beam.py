@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.pipelines import engine as E
 from thresher.schemas import columns as C
-from thresher.schemas import dedup as D
+from thresher.scorers.dedup import keys as D
 
 NODE_SHIFT = 40
 

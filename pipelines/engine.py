@@ -30,7 +30,7 @@ from thresher.schemas import columns as C
 from thresher.schemas import stats as S
 from thresher.schemas.config import Config, parse_config
 from thresher.schemas.documents import output_schema
-from thresher.scorers.base import GlobalStage, LocalStage, Stage
+from thresher.scorers.base import Decisions, GlobalStage, LocalStage, Stage, StageContractError
 
 
 @dataclasses.dataclass
@@ -66,6 +66,20 @@ def work_rows_path(out: str, shard: io.Shard) -> str:
     return io.join(out, S.WORK_DIR, shard.name + ".rows.parquet")
 
 
+def segment_rows_path(out: str, shard: io.Shard, seg: "Segment", n_segments: int) -> str:
+    """Work rows a step writes: the last step's are ``<shard>.rows.parquet`` (read by the
+    global step's phase 2), an earlier step's ``<shard>.step<j>.parquet`` (read by step j+1)."""
+    if seg.index == n_segments - 1:
+        return work_rows_path(out, shard)
+    return io.join(out, S.WORK_DIR, f"{shard.name}.step{seg.index}.parquet")
+
+
+def segment_manifest_path(out: str, shard: io.Shard, seg: "Segment", n_segments: int) -> str:
+    if seg.index == n_segments - 1:
+        return p1_manifest_path(out, shard)
+    return io.join(out, S.WORK_DIR, f"{shard.name}.step{seg.index}.json")
+
+
 def work_keys_path(out: str, shard: io.Shard, stage_idx: int) -> str:
     return io.join(out, S.WORK_DIR, f"{shard.name}.keys{stage_idx}.parquet")
 
@@ -93,6 +107,43 @@ def _as_array(x) -> pa.Array:
     return pa.array(x)
 
 
+@dataclasses.dataclass
+class BatchState:
+    """One batch between stages: the working table (input columns with clean text, ids,
+    score columns so far), the per-row rejection reason (None = alive), the index of the
+    rejecting stage (-1 = none) and the input characters."""
+
+    table: pa.Table
+    reasons: np.ndarray
+    stage_of: np.ndarray
+    chars_in: np.ndarray
+    row0: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Stages ``lo:hi`` run in one step; ``accelerator`` is that step's Beam resource hint."""
+
+    index: int
+    lo: int
+    hi: int
+    accelerator: Optional[str] = None
+
+
+def plan_segments(stages: list[Stage]) -> list[Segment]:
+    """Split the stage list into steps: a run of stages whose ``accelerator_hint()`` is the
+    same non-null hint gets a step of its own (on Dataflow only that step asks for GPU
+    workers); everything else runs in the steps between. Without hints: one step."""
+    hints = [getattr(s, "accelerator_hint", lambda: None)() for s in stages]
+    segs: list[Segment] = []
+    lo = 0
+    for k in range(1, len(stages) + 1):
+        if k == len(stages) or hints[k] != hints[k - 1]:
+            segs.append(Segment(len(segs), lo, k, hints[lo]))
+            lo = k
+    return segs or [Segment(0, 0, 0, None)]
+
+
 class ShardProcessor:
     """Runs the configured stages over one shard at a time. One per worker."""
 
@@ -100,22 +151,41 @@ class ShardProcessor:
         self.plan = plan
         self.cfg = plan.cfg
         self.stages: Optional[list[Stage]] = None
+        self._ready: set[int] = set()
 
     # -- setup -------------------------------------------------------------------------
-    def setup(self) -> None:
+    def build(self) -> list[Stage]:
         if self.stages is None:
             self.stages = build_stages(self.cfg.stages)
-            for s in self.stages:
-                s.setup()
+        return self.stages
+
+    def setup(self, segment: Optional[Segment] = None) -> None:
+        """Build the stages and load what the stages of ``segment`` (default: all) need;
+        a worker that runs only a CPU step never loads a model stage's model."""
+        self.build()
+        rng = range(len(self.stages)) if segment is None else range(segment.lo, segment.hi)
+        for k in rng:
+            if k not in self._ready:
+                self.stages[k].setup()
+                self._ready.add(k)
 
     @property
     def has_global(self) -> bool:
-        return any(s.kind == "global" for s in self.stages or build_stages(self.cfg.stages))
+        return any(s.kind == "global" for s in self.build())
+
+    @property
+    def segments(self) -> list[Segment]:
+        return plan_segments(self.build())
+
+    @property
+    def single_phase(self) -> bool:
+        """No global stage and one step: read, run every stage, write, in one pass."""
+        return not self.has_global and len(self.segments) == 1
 
     def stage_fields(self) -> list[pa.Field]:
         fields: list[pa.Field] = []
         seen = set()
-        for s in self.stages:
+        for s in self.build():
             for f in s.fields():
                 if f.name not in seen:
                     seen.add(f.name)
@@ -127,10 +197,8 @@ class ShardProcessor:
             import pyarrow.parquet as pq
             in_schema = pq.ParquetFile(f).schema_arrow
         inp = self.cfg.input
-        keep_orig = False
-        sf = self.stage_fields()
         kw = dict(input_schema=in_schema, text_column=inp.text_column, id_column=inp.id_column,
-                  stage_fields=sf, keep_original=keep_orig)
+                  stage_fields=self.stage_fields())
         return (output_schema(rejected=False, **kw), output_schema(rejected=True, **kw),
                 output_schema(rejected=True, internal=True, **kw))
 
@@ -183,46 +251,68 @@ class ShardProcessor:
         ids = _as_array(table[idc]).cast(pa.string())
         return pc.if_else(ids.is_null(), derived, ids)
 
-    def run_batch(self, shard: io.Shard, batch: pa.RecordBatch, row0: int, timers: dict[str, float],
-                  keys_out: Optional[dict[int, list[pa.Table]]] = None):
-        """Process one batch. Returns (table with text replaced and score columns,
-        reasons (object ndarray), stage index of the rejection (int16), input chars)."""
+    @property
+    def _idname(self) -> str:
+        return self.cfg.input.id_column or C.ID
+
+    def start_batch(self, shard: io.Shard, batch: pa.RecordBatch, row0: int, timers: dict[str, float]) -> BatchState:
+        """The engine's own step: ids, text sanitised (``input.*`` reasons)."""
         inp = self.cfg.input
         table = pa.Table.from_batches([batch])
         n = table.num_rows
         t0 = time.perf_counter()
         ids = self.ids_for(shard, table, row0)
         text, reasons, chars_in = self.sanitize(_as_array(table[inp.text_column]))
-        stage_of = np.full(n, -1, dtype=np.int16)
-        # the working table: input columns with clean text, plus ids and score columns
         ti = table.schema.get_field_index(inp.text_column)
         table = table.set_column(ti, pa.field(inp.text_column, text.type), text)
-        idname = inp.id_column or C.ID
         if inp.id_column is None:
             table = table.append_column(pa.field(C.ID, C.ID_TYPE), ids)
         else:
-            table = table.set_column(table.schema.get_field_index(idname), pa.field(idname, C.ID_TYPE), ids)
+            table = table.set_column(table.schema.get_field_index(self._idname), pa.field(self._idname, C.ID_TYPE), ids)
         timers["input"] = timers.get("input", 0.0) + time.perf_counter() - t0
+        return BatchState(table, reasons, np.full(n, -1, dtype=np.int16), chars_in, row0)
 
-        for k, stage in enumerate(self.stages):
+    def _contract(self, stage: Stage, got, declared: list[str], what: str) -> None:
+        extra = sorted(set(got) - set(declared))
+        missing = sorted(set(declared) - set(got))
+        if extra or (missing and what == "returned"):
+            raise StageContractError(
+                f"stage {stage.id!r} ({type(stage).__module__}.{type(stage).__qualname__}) {what} columns "
+                + (f"{extra} it does not declare" if extra else "")
+                + (" and " if extra and missing else "")
+                + (f"without the declared {missing}" if missing else "")
+                + f"; declared: {declared}")
+
+    def run_stages(self, shard: io.Shard, st: BatchState, lo: int, hi: int, timers: dict[str, float],
+                   keys_out: Optional[dict[int, list[pa.Table]]] = None,
+                   docs_in: Optional[dict[str, int]] = None) -> BatchState:
+        """Stages ``lo:hi`` over one batch; each sees only the rows no earlier stage rejected."""
+        inp = self.cfg.input
+        table, reasons, stage_of = st.table, st.reasons, st.stage_of
+        n = table.num_rows
+        ti = table.schema.get_field_index(inp.text_column)
+        idname = self._idname
+        for k in range(lo, hi):
+            stage = self.stages[k]
             t0 = time.perf_counter()
             alive = reasons == None  # noqa: E711
             alive_idx = np.flatnonzero(alive)
             full = alive_idx.size == n
+            text = _as_array(table[inp.text_column])
             if full:
-                sub, sub_text, sub_ids = table, text, ids
+                sub, sub_text = table, text
             else:
-                take = pa.array(alive_idx)
-                sub = table.take(take)
+                sub = table.take(pa.array(alive_idx))
                 sub_text = _as_array(sub[inp.text_column])
-                sub_ids = _as_array(sub[idname])
+            if docs_in is not None:
+                docs_in[stage.id] = docs_in.get(stage.id, 0) + int(alive_idx.size)
+            cmap = stage.column_map()
+            declared = [b for b, _ in cmap]
             new_cols: dict[str, pa.Array] = {}
             if isinstance(stage, LocalStage):
-                if alive_idx.size:
-                    out = stage.process(sub_text, sub)
-                else:
-                    out = None
+                out = stage.process(sub_text, sub) if alive_idx.size else None
                 if out is not None:
+                    self._contract(stage, list(out.columns), declared, "returned")
                     new_cols = dict(out.columns)
                     if out.reasons is not None:
                         r = _as_array(out.reasons).to_numpy(zero_copy_only=False)
@@ -232,6 +322,9 @@ class ShardProcessor:
                             reasons[rows] = r[hit]
                             stage_of[rows] = k
                     if out.text is not None:
+                        if not stage.rewrites_text:
+                            raise StageContractError(f"stage {stage.id!r} returned rewritten text but does not "
+                                                     f"declare rewrites_text = True")
                         newt = _as_array(out.text)
                         if full:
                             text = newt
@@ -239,21 +332,20 @@ class ShardProcessor:
                             text = pc.if_else(pa.array(alive), newt.take(_positions(alive_idx, n)), text)
                         table = table.set_column(ti, pa.field(inp.text_column, text.type), text)
             elif isinstance(stage, GlobalStage):
-                keys = stage.keys(sub_text, sub, sub_ids) if alive_idx.size else None
+                keys = stage.keys(sub_text, sub, _as_array(sub[idname])) if alive_idx.size else None
                 if keys is not None:
-                    fieldnames = {f.name for f in stage.fields()}
                     for name in keys.column_names:
-                        if name in fieldnames:
+                        if name in declared:
                             new_cols[name] = _as_array(keys[name])
                     keys = keys.append_column(C.SHARD, pa.array(np.full(keys.num_rows, shard.index, np.int32)))
-                    keys = keys.append_column(C.ROW, pa.array(alive_idx.astype(np.int64) + row0))
+                    keys = keys.append_column(C.ROW, pa.array(alive_idx.astype(np.int64) + st.row0))
                     if keys_out is not None:
                         keys_out.setdefault(k, []).append(keys)
-            # attach this stage's declared columns (null for rows it did not see)
+            # attach this stage's declared columns under their written names (null for rows it did not see)
             pos = None if full else _positions(alive_idx, n)
-            for f in stage.fields():
-                if f.name in new_cols:
-                    col = _as_array(new_cols[f.name])
+            for base, f in cmap:
+                if base in new_cols:
+                    col = _as_array(new_cols[base])
                     if col.type != f.type:
                         col = col.cast(f.type)
                     if pos is not None:
@@ -265,7 +357,34 @@ class ShardProcessor:
                 else:
                     table = table.append_column(f, col)
             timers[stage.id] = timers.get(stage.id, 0.0) + time.perf_counter() - t0
-        return table, reasons, stage_of, chars_in
+        return BatchState(table, reasons, stage_of, st.chars_in, st.row0)
+
+    def run_batch(self, shard: io.Shard, batch: pa.RecordBatch, row0: int, timers: dict[str, float],
+                  keys_out: Optional[dict[int, list[pa.Table]]] = None, docs_in: Optional[dict[str, int]] = None):
+        """Every stage over one batch. Returns (table with text replaced and score columns,
+        reasons (object ndarray), stage index of the rejection (int16), input chars)."""
+        st = self.start_batch(shard, batch, row0, timers)
+        st = self.run_stages(shard, st, 0, len(self.stages), timers, keys_out, docs_in)
+        return st.table, st.reasons, st.stage_of, st.chars_in
+
+    @staticmethod
+    def to_work(st: BatchState) -> pa.Table:
+        """A batch as work rows: the table plus reason, duplicate_of and the internal columns."""
+        n = st.table.num_rows
+        t = st.table.append_column(pa.field(C.REASON, C.REASON_TYPE), pa.array(st.reasons, pa.string()))
+        t = t.append_column(pa.field(C.DUPLICATE_OF, C.ID_TYPE), pa.nulls(n, C.ID_TYPE))
+        t = t.append_column(pa.field(C.ROW, pa.int64()), pa.array(np.arange(st.row0, st.row0 + n, dtype=np.int64)))
+        t = t.append_column(pa.field(C.STAGE_IDX, pa.int16()), pa.array(st.stage_of))
+        return t.append_column(pa.field(C.CHARS_IN, pa.int64()), pa.array(st.chars_in))
+
+    @staticmethod
+    def from_work(table: pa.Table) -> BatchState:
+        rows = table[C.ROW].to_numpy()
+        st = BatchState(table.drop_columns([C.REASON, C.DUPLICATE_OF, C.ROW, C.STAGE_IDX, C.CHARS_IN]),
+                        table[C.REASON].to_numpy(zero_copy_only=False).astype(object),
+                        table[C.STAGE_IDX].to_numpy().astype(np.int16).copy(),
+                        table[C.CHARS_IN].to_numpy().astype(np.int64), int(rows[0]) if rows.size else 0)
+        return st
 
     # -- whole shard, single phase ------------------------------------------------------
     def _count(self, manifest: dict, reasons: np.ndarray, chars_in: np.ndarray,
@@ -327,75 +446,119 @@ class ShardProcessor:
         manifest["files"] = {"kept": f"{S.KEPT_DIR}/{shard.name}.parquet",
                              "rejected": f"{S.REJECTED_DIR}/{shard.name}.parquet"}
 
-    def _finish(self, shard: io.Shard, manifest: dict, stage_seconds: dict, seconds: float) -> dict:
+    def _stage_stats(self, lo: int = 0, hi: Optional[int] = None) -> dict[str, dict]:
+        """Counters of stages that keep them (model stages: engine throughput and padding)."""
+        out = {}
+        for st in self.stages[lo:hi]:
+            take = getattr(st, "take_stats", None)
+            got = take() if take is not None else None
+            if got:
+                out[st.id] = got
+        return out
+
+    def _finish(self, shard: io.Shard, manifest: dict, stage_seconds: dict, seconds: float,
+                docs_in: Optional[dict] = None, stage_stats: Optional[dict] = None) -> dict:
         """Write the shard's manifest last: its presence marks the shard complete."""
         manifest["stage_seconds"] = stage_seconds
+        manifest["stage_docs_in"] = dict(docs_in or {})
+        if stage_stats:
+            manifest["stage_stats"] = stage_stats
         manifest["seconds"] = seconds
         manifest["worker"] = {"pid": os.getpid(), "finished_at": time.time()}
         io.write_json(manifest_path(self.plan.out, shard), manifest)
         return manifest
 
     def process_shard(self, shard: io.Shard) -> dict:
-        """Single-phase run (no global stage): read, stages, write, manifest."""
+        """Single-phase run (no global stage, one step): read, stages, write, manifest."""
         self.setup()
         t_start = time.perf_counter()
         manifest = S.empty_manifest(shard.name, shard.path, shard_fingerprint(self.plan, shard))
         timers: dict[str, float] = {}
+        docs_in: dict[str, int] = {}
 
         def rows():
             row0 = 0
             for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
-                table, reasons, _, chars_in = self.run_batch(shard, batch, row0, timers)
+                table, reasons, _, chars_in = self.run_batch(shard, batch, row0, timers, docs_in=docs_in)
                 row0 += batch.num_rows
                 yield table, reasons, None, chars_in
 
         self._write_outputs(shard, manifest, rows())
-        return self._finish(shard, manifest, timers, time.perf_counter() - t_start)
+        return self._finish(shard, manifest, timers, time.perf_counter() - t_start, docs_in, self._stage_stats())
 
-    # -- two phases (global stages) -----------------------------------------------------
-    def phase1(self, shard: io.Shard) -> dict[int, str]:
-        """Process local stages and extract global keys; write work rows and key files.
-
-        Returns {global stage index: key file path}."""
-        self.setup()
+    # -- steps (global stages, model steps) ----------------------------------------------
+    def _segment_done(self, shard: io.Shard, seg: Segment, key_paths: dict[int, str]) -> bool:
         out = self.plan.out
         fp = shard_fingerprint(self.plan, shard)
-        gidx = [k for k, s in enumerate(self.stages) if s.kind == "global"]
+        if not all(io.exists(p) for p in key_paths.values()):
+            return False
+        if is_done(manifest_path(out, shard), fp):
+            return True
+        return is_done(segment_manifest_path(out, shard, seg, len(self.segments)), fp) and \
+            io.exists(segment_rows_path(out, shard, seg, len(self.segments)))
+
+    def run_segment(self, shard: io.Shard, j: int) -> dict[int, str]:
+        """Step ``j`` of a shard: read the input (step 0) or the previous step's work rows,
+        run the step's stages, write its work rows and the key files of its global stages.
+        Returns {global stage index: key file path}. The last step without global stages
+        writes kept/rejected and the shard manifest instead of work rows."""
+        segs = self.segments
+        seg = segs[j]
+        self.setup(seg)
+        out = self.plan.out
+        fp = shard_fingerprint(self.plan, shard)
+        gidx = [k for k in range(seg.lo, seg.hi) if self.stages[k].kind == "global"]
         key_paths = {k: work_keys_path(out, shard, k) for k in gidx}
-        keys_ok = all(io.exists(p) for p in key_paths.values())
-        final = is_done(manifest_path(out, shard), fp)
-        if keys_ok and (final or (is_done(p1_manifest_path(out, shard), fp)
-                                  and io.exists(work_rows_path(out, shard)))):
+        final = j == len(segs) - 1 and not self.has_global
+        if final and is_done(manifest_path(out, shard), fp):
+            return key_paths
+        if not final and self._segment_done(shard, seg, key_paths):
+            return key_paths
+        timers: dict[str, float] = {}
+        docs_in: dict[str, int] = {}
+        keys_acc: dict[int, list[pa.Table]] = {}
+        t_start = time.perf_counter()
+        prev = {} if j == 0 else (io.read_json(segment_manifest_path(out, shard, segs[j - 1], len(segs))) or {})
+
+        def states():
+            if j == 0:
+                row0 = 0
+                for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
+                    yield self.start_batch(shard, batch, row0, timers)
+                    row0 += batch.num_rows
+            else:
+                src = segment_rows_path(out, shard, segs[j - 1], len(segs))
+                for batch in io.iter_batches(src, self.cfg.input.batch_rows):
+                    yield self.from_work(pa.Table.from_batches([batch]))
+
+        done = (self.run_stages(shard, st, seg.lo, seg.hi, timers, keys_acc, docs_in) for st in states())
+        if final:
+            manifest = S.empty_manifest(shard.name, shard.path, fp)
+            self._write_outputs(shard, manifest, ((st.table, st.reasons, None, st.chars_in) for st in done))
+            stage_seconds = {**prev.get("stage_seconds", {}), **timers}
+            all_docs_in = {**prev.get("stage_docs_in", {}), **docs_in}
+            self._finish(shard, manifest, stage_seconds,
+                         float(prev.get("seconds", 0.0)) + time.perf_counter() - t_start, all_docs_in,
+                         {**prev.get("stage_stats", {}), **self._stage_stats(seg.lo, seg.hi)})
             return key_paths
         _, _, work_s = self.schemas(shard)
-        rows_w = io.ParquetOut(work_rows_path(out, shard), work_s, "zstd")
-        timers: dict[str, float] = {}
-        keys_acc: dict[int, list[pa.Table]] = {}
-        row0 = 0
-        t_start = time.perf_counter()
+        later = {f.name for st in self.stages[seg.hi:] for f in st.fields()}
+        work_s = pa.schema([f for f in work_s if f.name not in later])   # columns written so far
+        rows_w = io.ParquetOut(segment_rows_path(out, shard, seg, len(segs)), work_s, "zstd")
+        rows = 0
         chars_total = 0
         try:
-            for batch in io.iter_batches(shard.path, self.cfg.input.batch_rows):
-                table, reasons, stage_of, chars_in = self.run_batch(shard, batch, row0, timers, keys_acc)
-                n = table.num_rows
-                table = table.append_column(pa.field(C.REASON, C.REASON_TYPE), pa.array(reasons, pa.string()))
-                table = table.append_column(pa.field(C.DUPLICATE_OF, C.ID_TYPE), pa.nulls(n, C.ID_TYPE))
-                table = table.append_column(pa.field(C.ROW, pa.int64()),
-                                            pa.array(np.arange(row0, row0 + n, dtype=np.int64)))
-                table = table.append_column(pa.field(C.STAGE_IDX, pa.int16()), pa.array(stage_of))
-                table = table.append_column(pa.field(C.CHARS_IN, pa.int64()), pa.array(chars_in))
-                rows_w.write(table)
-                chars_total += int(chars_in.sum())
-                row0 += n
+            for st in done:
+                rows_w.write(self.to_work(st))
+                rows += st.table.num_rows
+                chars_total += int(st.chars_in.sum())
             rows_w.commit()
         except BaseException:
             rows_w.abort()
             raise
         for k in gidx:
             parts = keys_acc.get(k, [])
-            t = pa.concat_tables(parts, promote_options="permissive") if parts else None
-            if t is None:
-                t = self._empty_keys(shard, k)
+            t = pa.concat_tables(parts, promote_options="permissive") if parts else self._empty_keys(shard, k)
             w = io.ParquetOut(key_paths[k], t.schema, "zstd")
             try:
                 w.write(t)
@@ -403,10 +566,20 @@ class ShardProcessor:
             except BaseException:
                 w.abort()
                 raise
-        io.write_json(p1_manifest_path(out, shard), {
-            "fingerprint": fp, "rows": row0, "chars_in": chars_total, "stage_seconds": timers,
-            "seconds": time.perf_counter() - t_start})
+        io.write_json(segment_manifest_path(out, shard, seg, len(segs)), {
+            "fingerprint": fp, "rows": rows, "chars_in": chars_total,
+            "stage_seconds": {**prev.get("stage_seconds", {}), **timers},
+            "stage_docs_in": {**prev.get("stage_docs_in", {}), **docs_in},
+            "stage_stats": {**prev.get("stage_stats", {}), **self._stage_stats(seg.lo, seg.hi)},
+            "seconds": float(prev.get("seconds", 0.0)) + time.perf_counter() - t_start})
         return key_paths
+
+    def phase1(self, shard: io.Shard) -> dict[int, str]:
+        """Every step of a shard in this worker (no step of its own for a model stage)."""
+        paths: dict[int, str] = {}
+        for j in range(len(self.segments)):
+            paths.update(self.run_segment(shard, j))
+        return paths
 
     def _empty_keys(self, shard: io.Shard, k: int) -> pa.Table:
         """Key schema of a shard with no surviving rows: run keys() on an empty batch."""
@@ -422,19 +595,21 @@ class ShardProcessor:
 
     def phase2(self, shard: io.Shard, decisions: list[tuple[int, pa.Table]]) -> dict:
         """Apply global decisions to the work rows of a shard and write kept/rejected."""
-        self.setup()
+        self.build()
         out = self.plan.out
         fp = shard_fingerprint(self.plan, shard)
         mpath = manifest_path(out, shard)
         if is_done(mpath, fp):
             return io.read_json(mpath)
-        p1 = io.read_json(p1_manifest_path(out, shard)) or {}
+        segs = self.segments
+        p1 = io.read_json(segment_manifest_path(out, shard, segs[-1], len(segs))) or {}
         t_start = time.perf_counter()
         manifest = S.empty_manifest(shard.name, shard.path, fp)
         decs = []
         for k, t in sorted(decisions, key=lambda kv: kv[0]):
             if t.num_rows == 0:
                 continue
+            self._check_decisions(k, t)
             order = pc.sort_indices(t[C.ROW])
             t = t.take(order)
             decs.append((k, t, t[C.ROW].to_numpy()))
@@ -444,7 +619,14 @@ class ShardProcessor:
         stage_seconds = dict(p1.get("stage_seconds", {}))
         stage_seconds["apply_decisions"] = time.perf_counter() - t_start
         return self._finish(shard, manifest, stage_seconds,
-                            float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start)
+                            float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start,
+                            p1.get("stage_docs_in", {}), p1.get("stage_stats", {}))
+
+    def _check_decisions(self, k: int, t: pa.Table) -> None:
+        stage = self.stages[k]
+        engine_cols = {C.SHARD, C.ROW, C.REASON, C.DUPLICATE_OF}
+        declared = [b for b, _ in stage.column_map()]
+        self._contract(stage, [c for c in t.column_names if c not in engine_cols], declared, "decided with")
 
     def _apply_decisions(self, table: pa.Table, decs: list):
         """One batch of work rows with the global decisions merged in: a global stage's
@@ -463,9 +645,9 @@ class ShardProcessor:
             src[pos_in_batch] = np.arange(hi - lo)
             idx = pa.array(src, mask=src < 0)
             has = src >= 0
-            for f in self.stages[k].fields():          # annotations (kept rows too)
-                if f.name in seg.column_names:
-                    new = _as_array(seg[f.name]).cast(f.type).take(idx)
+            for base, f in self.stages[k].column_map():          # annotations (kept rows too)
+                if base in seg.column_names:
+                    new = _as_array(seg[base]).cast(f.type).take(idx)
                     old = _as_array(table[f.name])
                     merged = pc.if_else(pc.is_valid(new), new, old)
                     table = table.set_column(table.schema.get_field_index(f.name), f, merged)
@@ -536,18 +718,21 @@ def exclude_rejected(keys: pa.Table, prior: list[pa.Table]) -> pa.Table:
 
 
 def compute_global(plan: Plan, k: int, key_paths: list[str], prior: list[pa.Table]) -> tuple[int, pa.Table]:
-    """Default global step: gather all keys of stage k on one worker and decide."""
+    """Default global step: gather all keys of stage k on one worker and decide. No model
+    is loaded: ``compute`` works on keys only."""
     cfg = plan.cfg
     stage = build_stages([cfg.stages[k]])[0]
-    stage.setup()
     t0 = time.perf_counter()
     keys = exclude_rejected(read_keys(key_paths), prior)
     dec = stage.compute(keys)
+    if not isinstance(dec, Decisions):
+        raise StageContractError(f"stage {stage.id!r}: compute() must return Decisions(table, stats), "
+                                 f"got {type(dec).__name__}")
     seconds = time.perf_counter() - t0
-    extra = getattr(stage, "compute_stats", None) or {}
+    table = dec.table
     io.write_json(io.join(plan.out, S.GLOBAL_DIR, f"{stage.id}.json"), {
         "stage": stage.id, "fingerprint": plan.fingerprint, "keys": keys.num_rows,
-        "decisions": dec.num_rows,
-        "rejected": int(pc.sum(pc.is_valid(dec[C.REASON])).as_py() or 0) if C.REASON in dec.column_names else 0,
-        "seconds": seconds, **extra})
-    return k, dec
+        "decisions": table.num_rows,
+        "rejected": int(pc.sum(pc.is_valid(table[C.REASON])).as_py() or 0) if C.REASON in table.column_names else 0,
+        "seconds": seconds, **dec.stats})
+    return k, table

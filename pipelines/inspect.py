@@ -23,11 +23,24 @@ def connect(out_dir: str):
     return con
 
 
-def numeric_score_columns(con, text_column: str = "text") -> list[str]:
-    from thresher.pipelines.registry import load_all
-    load_all()
+def stage_columns(config: dict) -> set[str]:
+    """Names of the columns the stages of a run's config write."""
+    from thresher.pipelines.registry import build_stages
+    from thresher.schemas.config import parse_config
+    try:
+        return {f.name for st in build_stages(parse_config(config).stages) for f in st.fields()}
+    except Exception:  # an old or hand-edited stats.json: fall back to every declared column
+        from thresher.scorers import registry
+        return {c.name for cls in registry.all_classes() for c in cls.columns}
+
+
+def numeric_score_columns(con, text_column: str = "text", config: dict | None = None) -> list[str]:
     rows = con.execute("DESCRIBE docs").fetchall()
-    known = {f.name for fs in C.STAGE_FIELDS.values() for f in fs}
+    if config is not None:
+        known = stage_columns(config)
+    else:
+        from thresher.scorers import registry
+        known = {c.name for cls in registry.all_classes() for c in cls.columns}
     num = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "FLOAT", "DOUBLE", "HUGEINT", "UTINYINT",
            "USMALLINT", "UINTEGER", "UBIGINT")
     return [r[0] for r in rows if r[0] in known and str(r[1]).upper().startswith(num)]
@@ -49,7 +62,7 @@ def summary(out_dir: str, examples: int = 3, max_chars: int = 160) -> dict[str, 
         f"SELECT split_part(reason, '.', 1) AS stage, reason, count(*) AS docs, "
         f"sum(length({text_col})) AS chars FROM rejected GROUP BY ALL ORDER BY docs DESC").fetchall()
     scores = {}
-    for col in numeric_score_columns(con, text_col):
+    for col in numeric_score_columns(con, text_col, stats.get("config")):
         r = con.execute(
             f"SELECT count({col}), min({col}), quantile_cont({col}, 0.1), median({col}), "
             f"quantile_cont({col}, 0.9), max({col}) FROM docs").fetchone()

@@ -10,7 +10,7 @@ shuffle; document text stays inside the worker that reads its shard.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -20,13 +20,16 @@ from thresher.schemas import columns as C
 
 
 class _ShardDoFn(beam.DoFn):
-    def __init__(self, plan: E.Plan):
+    def __init__(self, plan: E.Plan, segment: Optional[int] = None):
         self.plan = plan
+        self.segment = segment
         self.proc: Optional[E.ShardProcessor] = None
 
     def setup(self):
         self.proc = E.ShardProcessor(self.plan)
-        self.proc.setup()
+        segs = self.proc.segments
+        # a step loads only its own stages' models
+        self.proc.setup(segs[self.segment] if self.segment is not None else None)
 
 
 class ProcessShard(_ShardDoFn):
@@ -42,11 +45,31 @@ class ProcessShard(_ShardDoFn):
 
 
 class Phase1(_ShardDoFn):
-    """Local stages + key extraction. Emits (global stage index, key file path)."""
+    """Local stages + key extraction, every step in this worker. Emits (global stage index, key file path)."""
 
     def process(self, shard: io.Shard):
         for k, path in self.proc.phase1(shard).items():
             yield (k, path)
+
+
+KEYS_TAG = "keys"
+
+
+class RunStep(_ShardDoFn):
+    """One step of a shard (``segment``): reads the input or the previous step's work rows
+    from the output filesystem, runs the step's stages, writes its work rows. Main output:
+    the shard (for the next step) or, for the last step without global stages, its
+    manifest; tagged output ``keys``: (global stage index, key file path)."""
+
+    def process(self, shard: io.Shard):
+        segs = self.proc.segments
+        j = self.segment
+        for k, path in self.proc.run_segment(shard, j).items():
+            yield beam.pvalue.TaggedOutput(KEYS_TAG, (k, path))
+        if j == len(segs) - 1 and not self.proc.has_global:
+            yield io.read_json(E.manifest_path(self.plan.out, shard))
+        else:
+            yield shard
 
 
 class Phase2(_ShardDoFn):
@@ -78,19 +101,25 @@ def _gather_compute(plan: E.Plan, k: int):
     return fn
 
 
-def _minhash_distributed(plan, k, paths, prior):
-    from thresher.pipelines.dedup_beam import build
-    return build(plan, k, paths, prior)
+def _resolve(path: str):
+    """``"module:function"`` -> the function."""
+    import importlib
+    mod, _, fn = path.partition(":")
+    return getattr(importlib.import_module(mod), fn)
 
 
-# Stage name -> builder of a distributed global step, used when the stage's
-# config says ``components: distributed``:
-# builder(plan, k, key_paths_pcoll, prior_decision_pcolls) -> PCollection of one (k, table)
-DISTRIBUTED_COMPUTE: dict[str, Any] = {"minhash_dedup": _minhash_distributed}
+def hinted(transform: beam.PTransform, accelerator: Optional[str]) -> beam.PTransform:
+    """``transform`` with Beam's accelerator resource hint (runners without GPUs ignore it)."""
+    return transform.with_resource_hints(accelerator=accelerator) if accelerator else transform
 
 
 class CurateShards(beam.PTransform):
-    """The thresher job: shards → outputs + manifests (PBegin → PCollection[dict])."""
+    """The thresher job: shards → outputs + manifests (PBegin → PCollection[dict]).
+
+    Without global stages and model steps: one ParDo per shard. A model stage configured
+    with an ``accelerator`` hint gets a ParDo of its own with that resource hint; each step
+    reads its shard's rows from the previous step's work file (text never crosses a
+    shuffle). Global stages cross the shuffle as key-file paths and decision tables."""
 
     def __init__(self, plan: E.Plan):
         super().__init__()
@@ -98,26 +127,40 @@ class CurateShards(beam.PTransform):
 
     def expand(self, pbegin):
         plan = self.plan
-        cfg = plan.cfg
-        from thresher.pipelines.registry import build_stages
-        stages = build_stages(cfg.stages)
+        proc = E.ShardProcessor(plan)
+        stages = proc.build()
+        segs = proc.segments
         shards = (pbegin
                   | "Shards" >> beam.Create(plan.shards)
                   | "Spread" >> beam.Reshuffle())
         gidx = [k for k, s in enumerate(stages) if s.kind == "global"]
-        if not gidx:
+        if not gidx and len(segs) == 1:
             return shards | "Curate" >> beam.ParDo(ProcessShard(plan))
 
-        keys = shards | "LocalStagesAndKeys" >> beam.ParDo(Phase1(plan))
+        if len(segs) == 1:
+            keys = shards | "LocalStagesAndKeys" >> beam.ParDo(Phase1(plan))
+            last = shards
+        else:
+            key_parts = []
+            cur = shards
+            for seg in segs:
+                ids = ",".join(stages[k].id for k in range(seg.lo, seg.hi)) or "none"
+                res = cur | f"Step{seg.index}[{ids}]" >> hinted(
+                    beam.ParDo(RunStep(plan, seg.index)).with_outputs(KEYS_TAG, main="out"), seg.accelerator)
+                key_parts.append(res[KEYS_TAG])
+                cur = res["out"]
+            if not gidx:
+                return cur
+            keys = tuple(key_parts) | "AllKeys" >> beam.Flatten()
+            last = cur
         decisions = []
         for k in gidx:
             stage = stages[k]
             paths = keys | f"KeysOf[{stage.id}]" >> beam.Filter(lambda kv, k=k: kv[0] == k) \
                 | f"Path[{stage.id}]" >> beam.Map(lambda kv: kv[1])
-            mode = stage.config.get("components", "local")
-            builder = DISTRIBUTED_COMPUTE.get(stage.name)
-            if builder is not None and mode == "distributed":
-                dec = builder(plan, k, paths, decisions)
+            step = stage.distributed_step()
+            if step is not None:
+                dec = _resolve(step)(plan, k, paths, decisions)
             else:
                 gathered = paths | f"Gather[{stage.id}]" >> beam.combiners.ToList()
                 side = [beam.pvalue.AsSingleton(d) for d in decisions]
@@ -125,7 +168,7 @@ class CurateShards(beam.PTransform):
             decisions.append(dec)
         all_dec = (tuple(decisions) | "AllDecisions" >> beam.Flatten()
                    | "ByShard" >> beam.FlatMap(_split_by_shard))
-        by_shard = shards | "ShardKey" >> beam.Map(lambda s: (s.index, s))
+        by_shard = last | "ShardKey" >> beam.Map(lambda s: (s.index, s))
         return ({"shard": by_shard, "dec": all_dec}
                 | "JoinDecisions" >> beam.CoGroupByKey()
                 | "ApplyAndWrite" >> beam.ParDo(Phase2(plan)))
@@ -160,9 +203,9 @@ class _ApplyStagesFn(beam.DoFn):
         from thresher.schemas.config import parse_config
         cfg = parse_config(self.config)
         self.proc = E.ShardProcessor(E.Plan(cfg.to_dict(), [], "inline"))
-        self.proc.setup()
         if self.proc.has_global:
             raise ValueError("ApplyStages takes local stages only; global stages need CurateShards")
+        self.proc.setup()
         self.shard = io.Shard(index=0, path="<pcollection>", rel="pcoll", name="pcoll", num_rows=0,
                               size=0, fingerprint="")
         self.row0 = 0

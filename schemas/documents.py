@@ -51,7 +51,7 @@ def check_input_schema(schema: pa.Schema, path: str, text_column: str, id_column
 
 
 def output_schema(input_schema: pa.Schema, text_column: str, id_column: Optional[str],
-                  stage_fields: list[pa.Field], *, rejected: bool, keep_original: bool = False,
+                  stage_fields: list[pa.Field], *, rejected: bool,
                   internal: bool = False) -> pa.Schema:
     """Schema of kept (rejected=False) or rejected files for a shard with ``input_schema``."""
     fields = []
@@ -65,8 +65,6 @@ def output_schema(input_schema: pa.Schema, text_column: str, id_column: Optional
             fields.append(f)
     if id_column is None:
         fields.append(pa.field(C.ID, C.ID_TYPE))
-    if keep_original:
-        fields.append(pa.field(C.ORIGINAL_TEXT, pa.string()))
     fields.extend(stage_fields)
     if rejected or internal:
         fields.append(pa.field(C.REASON, C.REASON_TYPE))

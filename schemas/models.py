@@ -12,15 +12,14 @@ Three tasks, three column families:
 * ``generate``: ``generated`` (string).
 
 Every task accepts a column prefix (e.g. ``"llama7b_"``) so several models can
-score the same rows; :func:`task_fields` applies it. The unprefixed columns are
-registered in :data:`thresher.schemas.columns.STAGE_FIELDS` under the task names.
+score the same rows; :func:`task_fields` applies it. The model stages
+(``lm_loss``, ``classifier``, ``generate``) declare these columns too.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import pyarrow as pa
-from thresher.schemas import columns as C
 
 LM_LOSS_SUM = "lm_loss_sum"
 LM_TOKENS = "lm_tokens"
@@ -73,6 +72,3 @@ def task_fields(task: str, num_outputs: int = 1, prefix: str = "") -> list[pa.Fi
     raise ValueError(f"unknown model task {task!r}; known: {', '.join(TASKS)}")
 
 
-C.register_fields(TASK_CAUSAL_LM_LOSS, LM_FIELDS)
-C.register_fields(TASK_ENCODER_SCORE, [pa.field(SCORE, SCORE_TYPE)])
-C.register_fields(TASK_GENERATE, GENERATED_FIELDS)

@@ -15,7 +15,6 @@ import dataclasses
 from typing import Any, Callable, ClassVar, Optional
 
 import pyarrow as pa
-from thresher.schemas import columns as C
 
 
 class ParamError(ValueError):
@@ -86,25 +85,74 @@ def one_of(*choices) -> Callable[[Any], Optional[str]]:
     return check
 
 
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One output column of a stage, declared by its default name.
+
+    The name is the one written when the stage's ``id`` equals its ``name`` (the usual
+    case). A second instance with another id gets names derived from that id (see
+    :meth:`Stage.column_name`), so two instances never collide."""
+
+    name: str
+    type: pa.DataType
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What a stage needs from a worker. ``accelerator``: the stage runs a model that
+    benefits from a GPU; with an accelerator hint in its config the engine gives it a
+    step of its own (a Beam resource hint), else it runs with the other stages."""
+
+    accelerator: bool = False
+    note: str = ""
+
+
+class StageContractError(RuntimeError):
+    """A stage broke its own declaration (columns, reasons, text rewriting). A bug in
+    the stage, not a user mistake: the message names the stage and what differs."""
+
+
 @dataclasses.dataclass
 class StageOutput:
     """What a local stage returns for a batch of n rows."""
 
-    columns: dict[str, pa.Array]              # score columns, each of length n
+    columns: dict[str, pa.Array]              # score columns by declared name, each of length n
     reasons: Optional[pa.Array] = None        # string array, null = keep; None = keep all
     text: Optional[pa.Array] = None           # rewritten text (string), None = unchanged
 
 
+@dataclasses.dataclass
+class Decisions:
+    """What a global stage's ``compute`` returns: a table with ``__shard``, ``__row``,
+    ``reason`` (null = keep), optionally ``duplicate_of`` and any declared column of
+    the stage (annotations, for kept rows too), plus statistics for ``_global/<id>.json``."""
+
+    table: pa.Table
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class Stage:
-    """Base class of every stage. Subclasses set ``name``, ``params`` and ``fields``."""
+    """Base class of every stage: everything about a stage is declared on its class.
+
+    ``name`` (the config name), ``doc`` (one line) and the class docstring (the stage
+    reference, Markdown), ``params``, ``columns`` (output columns with docs), ``reasons``
+    (rule names, or a mapping rule -> doc; the written reason is ``<id>.<rule>``),
+    ``rewrites_text``, ``default_order`` (its place in the default pipeline; None = not
+    in it) and ``resources``. Register the class with :func:`thresher.scorers.registry.register`.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "local"             # "local" or "global"
     params: ClassVar[dict[str, Param]] = {}
     doc: ClassVar[str] = ""
+    columns: ClassVar[tuple[Column, ...]] = ()
+    #: prefix of the declared column names that a non-default id replaces (default: ``name``)
+    column_prefix: ClassVar[Optional[str]] = None
+    reasons: ClassVar[Any] = ()
     rewrites_text: ClassVar[bool] = False
-    #: reasons this stage can assign (documentation and inspection)
-    reasons: ClassVar[tuple[str, ...]] = ()
+    default_order: ClassVar[Optional[int]] = None
+    resources: ClassVar[Resources] = Resources()
 
     def __init__(self, **kwargs: Any):
         self.config = self.validate(kwargs)
@@ -115,11 +163,9 @@ class Stage:
         out: dict[str, Any] = {}
         for k in kwargs:
             if k not in cls.params:
-                import difflib
-                near = difflib.get_close_matches(k, list(cls.params), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
                 known = ", ".join(sorted(cls.params)) or "none"
-                raise ParamError(prefix + k, f"unknown parameter for stage {cls.name!r}{hint}; known: {known}")
+                raise ParamError(prefix + k, f"unknown parameter for stage {cls.name!r}"
+                                             f"{did_you_mean(k, cls.params)}; known: {known}")
         for k, p in cls.params.items():
             if k in kwargs:
                 out[k] = p.coerce(prefix + k, kwargs[k])
@@ -134,15 +180,57 @@ class Stage:
     def check_params(cls, params: dict[str, Any], prefix: str) -> None:
         """Cross-parameter checks; raise ParamError."""
 
+    @classmethod
+    def reason_rules(cls) -> dict[str, str]:
+        """rule -> doc for every reason the stage can write."""
+        r = cls.reasons
+        return dict(r) if isinstance(r, dict) else {name: "" for name in r}
+
+    # -- columns ------------------------------------------------------------------------
+    def active_columns(self) -> list[Column]:
+        """The declared columns this instance writes (a subset when parameters switch
+        optional columns off). Every row gets them, null where the stage did not see it."""
+        return list(self.columns)
+
+    def column_name(self, base: str) -> str:
+        """Written name of declared column ``base``: unchanged when ``id == name``; else
+        the declared prefix (``column_prefix``, default ``name``) is replaced by the id
+        (``language_score`` of id ``lang_fr`` -> ``lang_fr_score``), and a name without
+        that prefix gets ``<id>_`` in front (``cluster_id`` -> ``<id>_cluster_id``)."""
+        if self.id == self.name:
+            return base
+        p = self.column_prefix or self.name
+        if base == p:
+            return self.id
+        if base.startswith(p + "_"):
+            return self.id + base[len(p):]
+        return f"{self.id}_{base}"
+
+    def column_map(self) -> list[tuple[str, pa.Field]]:
+        """(declared name, written field) for every active column."""
+        return [(c.name, pa.field(self.column_name(c.name), c.type)) for c in self.active_columns()]
+
     def fields(self) -> list[pa.Field]:
-        """Columns this stage adds to every row (kept and rejected)."""
-        return list(C.STAGE_FIELDS.get(self.name, []))
+        """Columns this stage adds to every row (kept and rejected), as written."""
+        return [f for _, f in self.column_map()]
 
     def setup(self) -> None:
         """Load models etc. Called once per worker before the first batch."""
 
     def reason(self, rule: str) -> str:
+        if rule not in self.reason_rules():
+            raise StageContractError(f"stage {self.id!r} ({type(self).__name__}) writes reason rule {rule!r} "
+                                     f"but declares only {sorted(self.reason_rules())}")
         return f"{self.id}.{rule}"
+
+    def __getstate__(self):
+        """Pickled stages (Beam ships them to workers) drop what ``setup`` loaded: the
+        attributes listed in ``_loaded`` are reset to None and loaded again there."""
+        d = dict(self.__dict__)
+        for k in getattr(self, "_loaded", ()):
+            if k in d:
+                d[k] = None
+        return d
 
 
 class LocalStage(Stage):
@@ -156,12 +244,11 @@ class GlobalStage(Stage):
     """A stage that needs the whole corpus.
 
     ``keys`` runs per batch and returns a table of small columns, one row per
-    input row (the engine adds ``__shard``, ``__row`` and the id column).
-    ``compute`` receives the concatenated keys of every surviving row and
-    returns a decision table with ``__shard``, ``__row``, ``reason`` (null =
-    keep) and any of the stage's ``fields()`` (annotations for kept rows too),
-    plus ``duplicate_of`` where it applies. Rows absent from the decision table
-    are kept with null annotations.
+    input row (the engine adds ``__shard``, ``__row``); a key column with the name of
+    a declared column is written as that annotation. ``compute`` receives the
+    concatenated keys of every surviving row and returns :class:`Decisions`. Rows
+    absent from the decision table are kept with null annotations. ``compute`` never
+    needs ``setup`` (no model is loaded to decide on keys).
     """
 
     kind = "global"
@@ -169,8 +256,22 @@ class GlobalStage(Stage):
     def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
         raise NotImplementedError
 
-    def compute(self, keys: pa.Table) -> pa.Table:
+    def compute(self, keys: pa.Table) -> Decisions:
         raise NotImplementedError
+
+    def distributed_step(self) -> Optional[str]:
+        """``"module:function"`` of a Beam builder that computes this stage's decisions
+        across workers, or None for the one-worker ``compute``. The builder is called as
+        ``fn(plan, k, key_paths, prior_decisions)`` and returns a PCollection of one
+        ``(k, decision table)``. (A path, not a function, keeps this module free of Beam.)"""
+        return None
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ''."""
+    import difflib
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def null_reasons(n: int) -> pa.Array:

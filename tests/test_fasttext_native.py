@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.filters import language as LANG
+from thresher.scorers.filters import toxicity as TOXS
 from thresher.scorers.classifiers import fasttext_native as fn
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.classifiers.fasttext_native import NativeFastText
@@ -229,9 +230,9 @@ def test_language_stage_engines_agree(models):
     a = LanguageStage(languages=["en", "fr", "de"], threshold=0.5)
     b = LanguageStage(languages=["en", "fr", "de"], threshold=0.5, engine="fasttext")
     oa, ob = a.process(arr, batch), b.process(arr, batch)
-    assert oa.columns[F.LANGUAGE].to_pylist() == ob.columns[F.LANGUAGE].to_pylist()
-    sa = np.asarray(oa.columns[F.LANGUAGE_SCORE])
-    sb = np.asarray(ob.columns[F.LANGUAGE_SCORE])
+    assert oa.columns[LANG.LANGUAGE].to_pylist() == ob.columns[LANG.LANGUAGE].to_pylist()
+    sa = np.asarray(oa.columns[LANG.LANGUAGE_SCORE])
+    sb = np.asarray(ob.columns[LANG.LANGUAGE_SCORE])
     assert np.abs(sa - sb).max() < 1e-4
     near = np.abs(sb - 0.5) < 1e-4
     ra, rb = oa.reasons.to_pylist(), ob.reasons.to_pylist()
@@ -316,8 +317,8 @@ def test_toxicity_and_preselect_engines_agree(models, tmp_path):
         st = ToxicityStage(model=models["softmax_bigram"], model_label="hate", engine=engine)
         st.setup()
         out[engine] = st.process(arr, batch)
-    a = np.asarray(out["native"].columns[F.TOXICITY_SCORE])
-    b = np.asarray(out["fasttext"].columns[F.TOXICITY_SCORE])
+    a = np.asarray(out["native"].columns[TOXS.TOXICITY_SCORE])
+    b = np.asarray(out["fasttext"].columns[TOXS.TOXICITY_SCORE])
     assert np.abs(a - b).max() < 1e-4
     assert b.max() - b.min() > 0.2          # the scores do vary on this text
     # PreSelect's score is P(label) of a fastText classifier: both engines alike

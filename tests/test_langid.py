@@ -11,8 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from thresher.schemas import columns as C
-from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.filters import language as F
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.filters.language import LanguageStage
@@ -69,7 +68,7 @@ def test_fields_are_registered():
     stage = LanguageStage()
     names = [f.name for f in stage.fields()]
     assert names == [F.LANGUAGE, F.LANGUAGE_SCORE]
-    assert C.STAGE_FIELDS["language"][1].type == pa.float32()
+    assert stage.fields()[1].type == pa.float32()
 
 
 def test_keep_list_and_threshold_reasons():
@@ -86,7 +85,7 @@ def test_keep_list_and_threshold_reasons():
     reasons = out.reasons.to_pylist()
     assert reasons[0] is None and reasons[1] is None
     assert reasons[2] == "language.not_allowed"
-    assert set(stage.reasons) == {"language.not_allowed", "language.low_score"}
+    assert {stage.reason(r) for r in stage.reason_rules()} == {"language.not_allowed", "language.low_score"}
 
     # a threshold above every score: everything allowed is low_score
     strict = LanguageStage(threshold=1.0)

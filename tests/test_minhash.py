@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from thresher.schemas import columns as C
-from thresher.schemas import dedup as D
+from thresher.scorers.dedup import keys as D
 from thresher.scorers.base import ParamError
 from thresher.scorers.dedup import components as CC
 from thresher.scorers.dedup import lsh as LSH
@@ -52,7 +52,7 @@ def run_stage(stage: M.MinHashDedup, table: pa.Table, splits: list[int]) -> pa.T
         k = k.append_column(C.ROW, pa.array(np.arange(size, dtype=np.int64)))
         parts.append(k)
         start += size
-    return stage.compute(pa.concat_tables(parts))
+    return stage.compute(pa.concat_tables(parts)).table
 
 
 def decisions_by_id(table: pa.Table, splits: list[int], dec: pa.Table) -> dict:
@@ -575,10 +575,10 @@ def test_compute_accepts_chunked_keys_and_is_row_order_independent():
     k = st.keys(table["text"], table, table["id"])
     k = k.append_column(C.SHARD, pa.array(np.zeros(n, np.int32)))
     k = k.append_column(C.ROW, pa.array(np.arange(n, dtype=np.int64)))
-    ref = st.compute(k)
+    ref = st.compute(k).table
     perm = np.random.default_rng(1).permutation(n)
     chunked = pa.concat_tables([k.take(pa.array(perm[:40])), k.take(pa.array(perm[40:]))])
-    assert st.compute(chunked).equals(ref)
+    assert st.compute(chunked).table.equals(ref)
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(CORPORA, "wiki_summaries.parquet")),

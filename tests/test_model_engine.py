@@ -598,7 +598,7 @@ def test_schema_helpers():
     assert [(f.name, f.type) for f in M.task_fields("causal_lm_loss")] == [
         ("lm_loss_sum", pa.float64()), ("lm_tokens", pa.int64()), ("lm_chars", pa.int64()), ("lm_bpc", pa.float64())]
     assert M.task_fields("generate")[0].type == pa.string()
-    from thresher.schemas import columns as C
-    assert C.STAGE_FIELDS["causal_lm_loss"][0].name == "lm_loss_sum"
+    from thresher.scorers.models.stages import LmLoss
+    assert [c.name for c in LmLoss.columns] == [f.name for f in M.task_fields("causal_lm_loss")]
     with pytest.raises(ValueError):
         M.score_column(3, 3)

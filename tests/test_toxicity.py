@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from thresher.pipelines.commands import toxicity as TCMD
-from thresher.schemas import filters_lang_tox as F
+from thresher.scorers.filters import toxicity as F
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.filters import toxicity as T

@@ -6,13 +6,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.schemas import columns as C
 from thresher.scorers.base import (
+    Column,
+    Decisions,
     GlobalStage,
     Param,
     one_of,
 )
+from thresher.scorers.registry import register
 from thresher.scorers.text.hashing import normalize_text, stable_id_hash, xxh128_hex
 
 
+EXACT_HASH = "exact_hash"
+
+
+@register
 class ExactDedup(GlobalStage):
     """Exact duplicates of normalised text; one survivor per group.
 
@@ -30,24 +37,26 @@ class ExactDedup(GlobalStage):
         "collapse_whitespace": Param(bool, True, "runs of whitespace count as one space; strip ends"),
         "survivor": Param(str, "min_id_hash", "which member survives", one_of("min_id_hash", "longest")),
     }
-    reasons = ("exact_dedup.duplicate",)
+    reasons = {"duplicate": "same normalised text as the survivor named in `duplicate_of`"}
+    default_order = 20
+    columns = (Column(EXACT_HASH, pa.string(), "xxh3-128 (hex) of the normalised text"),)
 
     def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
         norm = normalize_text(text, nfkc=self.config["nfkc"], casefold=self.config["casefold"],
                               collapse_whitespace=self.config["collapse_whitespace"])
         return pa.table({
-            C.EXACT_HASH: xxh128_hex(norm),
+            EXACT_HASH: xxh128_hex(norm),
             "_id": ids,
             "_chars": pc.utf8_length(text).cast(pa.int64()),
         })
 
-    def compute(self, keys: pa.Table) -> pa.Table:
+    def compute(self, keys: pa.Table) -> Decisions:
         n = keys.num_rows
         empty = pa.table({C.SHARD: pa.array([], pa.int32()), C.ROW: pa.array([], pa.int64()),
                           C.REASON: pa.array([], pa.string()), C.DUPLICATE_OF: pa.array([], pa.string())})
         if n == 0:
-            return empty
-        hashes = keys[C.EXACT_HASH].combine_chunks()
+            return Decisions(empty, {"documents": 0, "duplicates": 0})
+        hashes = keys[EXACT_HASH].combine_chunks()
         # group ids by hash (dictionary-encode: codes are positions of first occurrence order,
         # which depends on input order, so only use them as group labels)
         codes = pc.dictionary_encode(hashes).indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -65,11 +74,12 @@ class ExactDedup(GlobalStage):
         survivor_idx = order[first_pos]
         dup = ~starts
         rows = order[dup]
+        stats = {"documents": n, "duplicates": int(rows.size), "groups": int(starts.sum())}
         if rows.size == 0:
-            return empty
-        return pa.table({
+            return Decisions(empty, stats)
+        return Decisions(pa.table({
             C.SHARD: keys[C.SHARD].take(pa.array(rows)).combine_chunks(),
             C.ROW: keys[C.ROW].take(pa.array(rows)).combine_chunks(),
             C.REASON: pa.array([self.reason("duplicate")] * rows.size, pa.string()),
             C.DUPLICATE_OF: pa.array(ids[survivor_idx[dup]], pa.string()),
-        })
+        }), stats)

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.schemas import columns as C
-from thresher.schemas import dedup as D
-from thresher.scorers.base import GlobalStage, Param, ParamError, between, one_of
+from thresher.scorers.dedup import keys as D
+from thresher.scorers.base import Column, Decisions, GlobalStage, Param, ParamError, between, one_of
 from thresher.scorers.dedup.components import star_components, union_find
 from thresher.scorers.dedup.lsh import (
     _BAND_MUL,
@@ -27,6 +27,7 @@ from thresher.scorers.dedup.lsh import (
     unique_shingle_sets,
     verified_edges,
 )
+from thresher.scorers.registry import register
 
 
 # ----------------------------------------------------------------------------------------
@@ -89,6 +90,7 @@ def _positive_or_none(v):
     return None if v is None or v >= 1 else f"must be >= 1, got {v}"
 
 
+@register
 class MinHashDedup(GlobalStage):
     """Near-duplicate removal with MinHash-LSH (see the module docstring)."""
 
@@ -96,7 +98,12 @@ class MinHashDedup(GlobalStage):
     doc = ("Near-duplicate removal: MinHash signatures of word (or character) n-grams, "
            "LSH banding, verification, connected components, one deterministic survivor "
            "per cluster.")
-    reasons = (f"minhash_dedup.{D.RULE_NEAR_DUPLICATE}",)
+    reasons = {D.RULE_NEAR_DUPLICATE: "in a cluster of near-duplicates whose survivor is `duplicate_of`"}
+    default_order = 80
+    columns = (
+        Column(D.CLUSTER_ID, pa.string(), "id of the cluster's surviving document (rows in clusters of 2 or more)"),
+        Column(D.CLUSTER_SIZE, pa.int32(), "documents in the cluster"),
+    )
     params = {
         "shingle": Param(str, "word", "word | char n-grams", one_of("word", "char")),
         "ngram": Param(int, 5, "n-gram length (words or characters)", between(1, 64)),
@@ -239,7 +246,10 @@ class MinHashDedup(GlobalStage):
         s = pc.fill_null(keys[D.KEY_SCORE], float("nan")).to_numpy().astype(np.float64)
         return s if surv.startswith("highest:") else -s
 
-    def compute(self, keys: pa.Table, timings: Optional[dict] = None) -> pa.Table:
+    def distributed_step(self) -> Optional[str]:
+        return "thresher.pipelines.dedup_beam:build" if self.config["components"] == "distributed" else None
+
+    def compute(self, keys: pa.Table, timings: Optional[dict] = None) -> Decisions:
         """Decisions for the whole corpus from the concatenated key tables (plus the
         engine's ``__shard``/``__row``). ``timings``: optional dict that receives CPU
         seconds per phase."""
@@ -274,7 +284,9 @@ class MinHashDedup(GlobalStage):
         clock.lap("survivors")
         if clock.sink is not None:
             clock.sink["edges"] = clock.sink.get("edges", 0) + len(u)
-        return out
+        removed = int(pc.sum(pc.is_valid(out[C.REASON])).as_py() or 0) if out.num_rows else 0
+        return Decisions(out, {"documents": n, "verified_edges": int(len(u)), "in_clusters": out.num_rows,
+                               "removed": removed, "bands": self.bands, "rows": self.rows})
 
 
 class _PhaseClock:

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.schemas import columns as C
 from thresher.scorers.base import (
+    Column,
     Param,
     StageOutput,
     between,
@@ -18,6 +19,7 @@ from thresher.scorers.filters.rules import (
     _RuleStage,
     _text_len,
 )
+from thresher.scorers.registry import register
 from thresher.scorers.text import ops as T
 
 # ----------------------------------------------------------------------------------------
@@ -30,6 +32,10 @@ C4_CITATION_RE = r"\[\p{Nd}*\]|\[edit\]|\[citation needed\]"
 C4_TERMINAL = ".?!\"'"
 
 
+ORIGINAL_TEXT_COLUMN = Column(C.ORIGINAL_TEXT, pa.string(), "the input text before line cleaning (keep_original: true)")
+
+
+@register
 class C4(_RuleStage):
     """C4 cleaning and filtering (Raffel et al. 2020), reference defaults.
 
@@ -68,7 +74,22 @@ class C4(_RuleStage):
     doc = "C4 line cleaning and document filter (lorem ipsum, curly brackets, sentences)."
     rewrites_text = True
     RULES = ("lorem_ipsum", "curly_bracket", "too_few_sentences", "paragraphs")
-    reasons = tuple(f"c4.{r}" for r in RULES)
+    reasons = RULES
+    default_order = 50
+    columns = (
+        Column("c4_lorem_ipsum", pa.bool_(), "a checked line contains 'lorem ipsum'"),
+        Column("c4_curly_bracket", pa.bool_(), "a checked line contains '{'"),
+        Column("c4_sentences", pa.int64(), "sentences in the kept lines"),
+        Column("c4_paragraphs", pa.int64(), "kept lines of >= min_paragraph_length chars"),
+        Column("c4_lines_removed", pa.int64(), "lines removed by cleaning"),
+        Column("c4_chars_removed", pa.int64(), "characters removed by cleaning"),
+        Column("c4_lines_long_word", pa.int64(), "lines removed for a word longer than max_word_length"),
+        Column("c4_lines_no_terminal_punct", pa.int64(), "lines removed for lacking terminal punctuation"),
+        Column("c4_lines_too_few_words", pa.int64(), "lines removed for fewer than min_words_per_line words"),
+        Column("c4_lines_javascript", pa.int64(), "lines removed for mentioning javascript"),
+        Column("c4_lines_policy", pa.int64(), "lines removed for terms-of-use/cookie phrases"),
+        Column("c4_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+    )
     params = {
         "mode": Param(str, "clean_and_filter", "clean_and_filter: rewrite kept documents; "
                       "filter: decisions only", check=one_of("clean_and_filter", "filter")),
@@ -94,10 +115,10 @@ class C4(_RuleStage):
                                       check=between(0)),
     }
 
-    def fields(self) -> list[pa.Field]:
-        out = list(super().fields())
+    def active_columns(self) -> list[Column]:
+        out = list(self.columns)
         if self.config["keep_original"]:
-            out.append(pa.field(C.ORIGINAL_TEXT, pa.string()))
+            out.append(ORIGINAL_TEXT_COLUMN)
         return out
 
     def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.scorers.base import (
+    Column,
     Param,
     StageOutput,
     between,
@@ -19,6 +20,7 @@ from thresher.scorers.filters.rules import (
     _RuleStage,
     _text_len,
 )
+from thresher.scorers.registry import register
 from thresher.scorers.text import ops as T
 
 # ----------------------------------------------------------------------------------------
@@ -26,6 +28,7 @@ from thresher.scorers.text import ops as T
 # ----------------------------------------------------------------------------------------
 
 
+@register
 class FineWeb(_RuleStage):
     """FineWeb quality rules (Penedo et al. 2024), reference defaults.
 
@@ -45,7 +48,15 @@ class FineWeb(_RuleStage):
     name = "fineweb"
     doc = "FineWeb quality heuristics (line punctuation, short lines, duplicate lines, lists)."
     RULES = ("empty", "line_punct_ratio", "short_line_ratio", "char_dup_ratio", "newline_ratio")
-    reasons = tuple(f"fineweb.{r}" for r in RULES)
+    reasons = RULES
+    default_order = 60
+    columns = (
+        Column("fineweb_line_punct_ratio", pa.float64(), "fraction of lines ending in terminal punctuation"),
+        Column("fineweb_short_line_ratio", pa.float64(), "fraction of short lines"),
+        Column("fineweb_char_dup_ratio", pa.float64(), "character fraction in duplicate lines"),
+        Column("fineweb_newline_ratio", pa.float64(), "newlines per word"),
+        Column("fineweb_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+    )
     params = {
         "min_line_punct_ratio": _frac_param(0.12, "minimum fraction of lines ending in terminal punctuation"),
         "line_punct_exclude_zero": Param(bool, False, "do not reject documents where no line ends in punctuation"),

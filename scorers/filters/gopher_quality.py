@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from thresher.scorers.base import (
+    Column,
     Param,
     ParamError,
     StageOutput,
@@ -24,6 +25,7 @@ from thresher.scorers.filters.rules import (
     _RuleStage,
     _stop_word_counts,
 )
+from thresher.scorers.registry import register
 from thresher.scorers.text import ops as T
 
 # ----------------------------------------------------------------------------------------
@@ -31,6 +33,7 @@ from thresher.scorers.text import ops as T
 # ----------------------------------------------------------------------------------------
 
 
+@register
 class GopherQuality(_RuleStage):
     """Gopher quality rules (Rae et al. 2021, appendix A), reference defaults.
 
@@ -61,7 +64,19 @@ class GopherQuality(_RuleStage):
     doc = "Gopher quality heuristics (word count, word length, symbols, bullets, stop words)."
     RULES = ("word_count", "mean_word_length", "hash_ratio", "ellipsis_ratio", "bullet_lines",
              "ellipsis_lines", "alpha_words", "stop_words")
-    reasons = tuple(f"gopher_quality.{r}" for r in RULES)
+    reasons = RULES
+    default_order = 40
+    columns = (
+        Column("gopher_quality_word_count", pa.int64(), "words that are not only punctuation/symbols"),
+        Column("gopher_quality_mean_word_length", pa.float64(), "mean characters of those words"),
+        Column("gopher_quality_hash_ratio", pa.float64(), "'#' per word"),
+        Column("gopher_quality_ellipsis_ratio", pa.float64(), "'...'/'…' per word"),
+        Column("gopher_quality_bullet_lines", pa.float64(), "fraction of lines starting with a bullet"),
+        Column("gopher_quality_ellipsis_lines", pa.float64(), "fraction of lines ending with an ellipsis"),
+        Column("gopher_quality_alpha_words", pa.float64(), "fraction of words with a letter"),
+        Column("gopher_quality_stop_words", pa.int64(), "distinct stop words present"),
+        Column("gopher_quality_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+    )
     params = {
         "min_words": Param(int, 50, "minimum number of non-symbol words", check=_positive_or_none,
                            nullable=True),

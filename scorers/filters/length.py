@@ -4,15 +4,21 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.schemas import columns as C
 from thresher.scorers.base import (
+    Column,
     LocalStage,
     Param,
     StageOutput,
     between,
 )
+from thresher.scorers.registry import register
+
+LENGTH_CHARS = "length_chars"
+LENGTH_WORDS = "length_words"
+LENGTH_LINES = "length_lines"
 
 
+@register
 class Length(LocalStage):
     """Counts characters, words (whitespace-separated) and lines; rejects outside bounds."""
 
@@ -22,7 +28,12 @@ class Length(LocalStage):
         "min_chars": Param(int, 0, "reject documents with fewer characters", between(0)),
         "max_chars": Param(int, None, "reject documents with more characters", between(1), nullable=True),
     }
-    reasons = ("length.too_short", "length.too_long")
+    reasons = {"too_short": "fewer characters than `min_chars`", "too_long": "more characters than `max_chars`"}
+    columns = (
+        Column(LENGTH_CHARS, pa.int64(), "characters (Unicode code points)"),
+        Column(LENGTH_WORDS, pa.int64(), "whitespace-separated words"),
+        Column(LENGTH_LINES, pa.int64(), "lines (newlines + 1)"),
+    )
 
     def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:
         chars = pc.utf8_length(text).cast(pa.int64())
@@ -34,6 +45,6 @@ class Length(LocalStage):
         if self.config["max_chars"] is not None:
             reasons[cn > self.config["max_chars"]] = self.reason("too_long")
         return StageOutput(
-            columns={C.LENGTH_CHARS: chars, C.LENGTH_WORDS: words, C.LENGTH_LINES: lines},
+            columns={LENGTH_CHARS: chars, LENGTH_WORDS: words, LENGTH_LINES: lines},
             reasons=pa.array(reasons, pa.string()),
         )

@@ -26,7 +26,6 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.schemas import filters as _fields  # noqa: F401  (registers the score columns)
 from thresher.scorers.base import (
     LocalStage,
     Param,

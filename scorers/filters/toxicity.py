@@ -56,8 +56,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.schemas import filters_lang_tox as F
 from thresher.scorers.base import (
+    Column,
     LocalStage,
     Param,
     ParamError,
@@ -67,6 +67,13 @@ from thresher.scorers.base import (
     one_of,
 )
 from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.registry import register
+
+TOXICITY_HARD_HITS = "toxicity_hard_hits"            # occurrences of hard-list entries
+TOXICITY_SOFT_HITS = "toxicity_soft_hits"            # occurrences of soft-list entries
+TOXICITY_WORDLIST_SCORE = "toxicity_wordlist_score"  # words covered by hits / words
+TOXICITY_SCORE = "toxicity_score"                    # P(toxic) of the trained classifier (if configured)
+TOXICITY_PROFANITY = "toxicity_profanity"            # alt-profanity-check probability (if enabled)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "badwords")
 
@@ -586,6 +593,7 @@ class ToxicityClassifier:
 # --------------------------------------------------------------------------------------
 
 
+@register
 class ToxicityStage(LocalStage):
     name = "toxicity"
     doc = ("Word-list hits (hard/soft lists per language) plus optional trained classifier "
@@ -618,8 +626,18 @@ class ToxicityStage(LocalStage):
         "profanity_threshold": Param(float, None, nullable=True, check=between(0.0, 1.0),
                                      doc="reject when toxicity_profanity >= this; null = score only"),
     }
-    reasons = ("toxicity.hard_word", "toxicity.soft_words", "toxicity.classifier",
-               "toxicity.profanity")
+    reasons = {"hard_word": "hard-list hits exceed `max_hard_hits`",
+               "soft_words": "soft-list hits reach `min_soft_hits`",
+               "classifier": "the classifier's P(toxic) >= `threshold`",
+               "profanity": "toxicity_profanity >= `profanity_threshold`"}
+    default_order = 70
+    columns = (
+        Column(TOXICITY_HARD_HITS, pa.int32(), "occurrences of hard-list entries"),
+        Column(TOXICITY_SOFT_HITS, pa.int32(), "occurrences of soft-list entries"),
+        Column(TOXICITY_WORDLIST_SCORE, pa.float32(), "words covered by hits / words"),
+        Column(TOXICITY_SCORE, pa.float32(), "P(toxic) of the trained classifier (with `model`)"),
+        Column(TOXICITY_PROFANITY, pa.float32(), "alt-profanity-check probability (with `profanity_check`)"),
+    )
 
     @classmethod
     def check_params(cls, params: dict[str, Any], prefix: str) -> None:
@@ -644,12 +662,12 @@ class ToxicityStage(LocalStage):
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    def fields(self) -> list[pa.Field]:
-        out = list(F.TOXICITY_WORDLIST_FIELDS)
+    def active_columns(self) -> list[Column]:
+        out = list(self.columns[:3])
         if self.config["model"]:
-            out.append(F.TOXICITY_CLASSIFIER_FIELD)
+            out.append(self.columns[3])
         if self.config["profanity_check"]:
-            out.append(F.TOXICITY_PROFANITY_FIELD)
+            out.append(self.columns[4])
         return out
 
     def setup(self) -> None:
@@ -669,9 +687,9 @@ class ToxicityStage(LocalStage):
         langs = batch.column(col) if col and col in batch.column_names else None
         hard, soft, score = self._words.score(text, langs, self.config["default_language"])
         columns = {
-            F.TOXICITY_HARD_HITS: pa.array(hard, pa.int32()),
-            F.TOXICITY_SOFT_HITS: pa.array(soft, pa.int32()),
-            F.TOXICITY_WORDLIST_SCORE: pa.array(score, pa.float32()),
+            TOXICITY_HARD_HITS: pa.array(hard, pa.int32()),
+            TOXICITY_SOFT_HITS: pa.array(soft, pa.int32()),
+            TOXICITY_WORDLIST_SCORE: pa.array(score, pa.float32()),
         }
         masks = []
         if self.config["max_hard_hits"] is not None:
@@ -680,11 +698,11 @@ class ToxicityStage(LocalStage):
             masks.append((soft >= self.config["min_soft_hits"], self.reason("soft_words")))
         if self._clf is not None:
             p = self._clf.predict(text)
-            columns[F.TOXICITY_SCORE] = pa.array(p, pa.float32())
+            columns[TOXICITY_SCORE] = pa.array(p, pa.float32())
             masks.append((p >= np.float32(self.config["threshold"]), self.reason("classifier")))
         if self._profanity is not None:
             q = self._profanity(text)
-            columns[F.TOXICITY_PROFANITY] = pa.array(q, pa.float32())
+            columns[TOXICITY_PROFANITY] = pa.array(q, pa.float32())
             if self.config["profanity_threshold"] is not None:
                 masks.append((q >= np.float32(self.config["profanity_threshold"]),
                               self.reason("profanity")))

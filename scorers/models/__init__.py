@@ -10,32 +10,27 @@ Modules: ``loading`` (safe checkpoint loading), ``engine`` (token-budget
 batching, device/dtype, OOM back-off, stats), ``tasks`` (``causal_lm_loss``,
 ``encoder_score``, ``generate``). Column names live in ``schemas/models.py``.
 """
-from thresher.scorers.models.engine import (
-                                   DocumentTooLargeError,
-                                   Engine,
-                                   EngineStats,
-                                   pack_batches,
-                                   resolve_compute_dtype,
-                                   resolve_device,
-)
-from thresher.scorers.models.loading import (
-                                   CheckpointError,
-                                   EncoderHead,
-                                   LoadedModel,
-                                   UnsafeCheckpointError,
-                                   detect_kind,
-                                   load_encoder_head,
-                                   load_model,
-                                   save_encoder_head,
-)
-from thresher.scorers.models.tasks import (
-                                   TASKS,
-                                   CausalLMLoss,
-                                   EncoderScore,
-                                   Generate,
-                                   ModelTask,
-                                   build_task,
-)
+from importlib import import_module
+
+# torch is imported on first use, so `thresher.scorers.models.stages` (and the stage
+# registry) work on an install without the `models` extra
+_WHERE = {
+    "DocumentTooLargeError": "engine", "Engine": "engine", "EngineStats": "engine", "pack_batches": "engine",
+    "resolve_compute_dtype": "engine", "resolve_device": "engine",
+    "CheckpointError": "loading", "EncoderHead": "loading", "LoadedModel": "loading",
+    "UnsafeCheckpointError": "loading", "detect_kind": "loading", "load_encoder_head": "loading",
+    "load_model": "loading", "save_encoder_head": "loading",
+    "TASKS": "tasks", "CausalLMLoss": "tasks", "EncoderScore": "tasks", "Generate": "tasks",
+    "ModelTask": "tasks", "build_task": "tasks",
+}
+
+
+def __getattr__(name):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'thresher.scorers.models' has no attribute {name!r}")
+    return getattr(import_module(f"thresher.scorers.models.{mod}"), name)
+
 
 __all__ = [
     "build_task", "TASKS", "ModelTask", "CausalLMLoss", "EncoderScore", "Generate",

@@ -21,48 +21,62 @@ authors' code does it:
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from thresher.schemas import columns as C
-from thresher.schemas.preselect import PRESELECT_SCORE
-from thresher.scorers.base import GlobalStage, Param, ParamError, between, one_of
-from thresher.scorers.selection.select import top_fraction
+from thresher.scorers.base import Column, Param, ParamError, one_of
+from thresher.scorers.registry import register
+from thresher.scorers.selection.select import ScoreThenSelect
+
+PRESELECT_SCORE = "preselect_score"   # P(__label__1) from the PreSelect fastText classifier
 
 
-class PreSelect(GlobalStage):
-    """Score with a PreSelect fastText classifier; keep the top of the corpus."""
+@register
+class PreSelect(ScoreThenSelect):
+    """PreSelect scoring and selection. `preselect_score` = P(`__label__1`) from a fastText
+    classifier (`model:`, the one `thresher preselect train` writes or any compatible `.bin`,
+    including the published PreSelect classifier). Exactly one of `threshold`,
+    `top_fraction_chars` (the method's default, 0.1 when none is given), `top_fraction_docs`
+    or `top_k`. The selection is exact and global: the (score, characters, id) keys of the
+    whole corpus are sorted by score, then by a stable id hash, and the cut is taken where the
+    cumulative characters reach the fraction (tested within 1% on uneven shards).
+    `_global/preselect.json` records the threshold and the selected fraction.
+
+    `thresher preselect train CONFIG` (see `pipelines/commands/preselect.py` for the config):
+    deterministic sample (smallest xxh64(seed, id), independent of the shard layout) → bits
+    per character under each causal LM (`causal_lm_loss`) → predictive strength (fraction of
+    model pairs with distinct downstream scores where the stronger model has the strictly
+    lower loss; loss ties count nothing; documents missing a loss are skipped and counted) →
+    positives of maximal strength, as many lowest-strength negatives → fastText (`epoch 3,
+    lr 0.1, wordNgrams 2`, newlines replaced by spaces) → `classifier.bin`, `card.json`,
+    `labels.parquet`.
+    """
 
     name = "preselect"
     doc = ("PreSelect fastText score (P(__label__1)); keep a global top fraction by characters "
            "(default 10%), by documents, or above a threshold.")
     params = {
         "model": Param(str, doc="fastText .bin classifier with labels __label__1/__label__0"),
-        "threshold": Param(float, None, "keep score >= threshold", between(0.0, 1.0), nullable=True),
-        "top_fraction_chars": Param(float, None, "keep the top fraction of characters", between(0.0, 1.0),
-                                    nullable=True),
-        "top_fraction_docs": Param(float, None, "keep the top fraction of documents", between(0.0, 1.0),
-                                   nullable=True),
+        **ScoreThenSelect.SELECTION_PARAMS,
         "label": Param(str, "1", "the positive label"),
         "engine": Param(str, "fasttext", "fastText inference: fasttext (the package; fastest for "
                                          "PreSelect's word-bigram classifier without character "
                                          "n-grams) or native (thresher's vectorised implementation, "
                                          "same scores)", one_of("native", "fasttext")),
     }
-    reasons = ("preselect.below_threshold",)
+    columns = (Column(PRESELECT_SCORE, pa.float32(), "P(__label__1) of the PreSelect classifier"),)
+    score_column = PRESELECT_SCORE
+    reject_rule = "below_threshold"
+    reasons = {"below_threshold": "outside the selection (below the threshold or the global cut)"}
+    _loaded = ("_model",)
 
     @classmethod
     def check_params(cls, params: dict[str, Any], prefix: str) -> None:
-        given = [k for k in ("threshold", "top_fraction_chars", "top_fraction_docs") if params.get(k) is not None]
-        if len(given) > 1:
-            raise ParamError(prefix + given[1], f"give only one of threshold, top_fraction_chars, "
-                                                f"top_fraction_docs (got {', '.join(given)})")
-        if not given:
-            params["top_fraction_chars"] = 0.1  # the method's default: top 10% by characters
+        super().check_params(params, prefix)
+        if params["threshold"] is not None and not 0.0 <= params["threshold"] <= 1.0:
+            raise ParamError(prefix + "threshold", f"must be between 0 and 1, got {params['threshold']}")
         path = params["model"]
         if not os.path.isfile(path):
             raise ParamError(prefix + "model", f"fastText model {path!r} does not exist")
@@ -72,46 +86,7 @@ class PreSelect(GlobalStage):
         if getattr(self, "_model", None) is None:
             self._model = load_classifier(self.config["model"], self.config["engine"])
 
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d.pop("_model", None)
-        return d
-
-    def score(self, text: pa.Array) -> np.ndarray:
+    def score(self, text: pa.Array, batch: pa.Table = None) -> np.ndarray:
         from thresher.scorers.classifiers.fasttext_util import predict_label_prob
         self.setup()
         return predict_label_prob(self._model, text, self.config["label"])
-
-    def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
-        return pa.table({PRESELECT_SCORE: pa.array(self.score(text), pa.float32()),
-                         "_chars": pc.utf8_length(text).cast(pa.int64()), "_id": ids})
-
-    def compute(self, keys: pa.Table) -> pa.Table:
-        from thresher.scorers.text.hashing import stable_id_hash
-        n = keys.num_rows
-        scores = keys[PRESELECT_SCORE].to_numpy().astype(np.float64) if n else np.zeros(0)
-        chars = keys["_chars"].to_numpy().astype(np.float64) if n else np.zeros(0)
-        cfg = self.config
-        if cfg["threshold"] is not None:
-            mask = scores >= cfg["threshold"]
-            thr = cfg["threshold"]
-            mode = "threshold"
-        else:
-            tb = stable_id_hash(keys["_id"].combine_chunks()) if n else np.zeros(0, np.uint64)
-            if cfg["top_fraction_docs"] is not None:
-                mask, thr = top_fraction(scores, np.ones(n), tb, cfg["top_fraction_docs"])
-                mode = "top_fraction_docs"
-            else:
-                mask, thr = top_fraction(scores, chars, tb, cfg["top_fraction_chars"])
-                mode = "top_fraction_chars"
-        total = float(chars.sum())
-        self.compute_stats = {"mode": mode, "threshold": thr if math.isfinite(thr) else None,
-                              "selected_docs": int(mask.sum()), "docs": n,
-                              "selected_chars": int(chars[mask].sum()), "chars": int(total),
-                              "selected_char_fraction": float(chars[mask].sum() / total) if total else 0.0}
-        rej = np.flatnonzero(~mask)
-        return pa.table({
-            C.SHARD: keys[C.SHARD].take(pa.array(rej)).combine_chunks() if n else pa.array([], pa.int32()),
-            C.ROW: keys[C.ROW].take(pa.array(rej)).combine_chunks() if n else pa.array([], pa.int64()),
-            C.REASON: pa.array([self.reason("below_threshold")] * rej.size, pa.string()),
-        })

@@ -1,4 +1,5 @@
-"""Columns and key-table layout of the ``minhash_dedup`` global stage.
+"""Column names and the key-table layout of the ``minhash_dedup`` global stage
+(shared by the stage and its distributed Beam driver, ``thresher.pipelines.dedup_beam``).
 
 Output annotations (every row that ends up in a cluster of two or more documents,
 the kept survivor included):
@@ -16,17 +17,12 @@ The key table that ``MinHashDedup.keys`` returns per batch (no text; see
 from __future__ import annotations
 
 import pyarrow as pa
-from thresher.schemas.columns import register_fields
 
 STAGE = "minhash_dedup"
 
 CLUSTER_ID = "cluster_id"
 CLUSTER_SIZE = "cluster_size"
 
-FIELDS = register_fields(STAGE, [
-    pa.field(CLUSTER_ID, pa.string()),
-    pa.field(CLUSTER_SIZE, pa.int32()),
-])
 
 #: reason given to every removed near-duplicate: "<stage id>.near_duplicate"
 RULE_NEAR_DUPLICATE = "near_duplicate"

@@ -1,0 +1,265 @@
+"""Model-backed stages: :class:`ModelStage` and ``lm_loss``, ``classifier``, ``generate``.
+
+A model stage wraps one of the engine's tasks (``thresher.scorers.models.tasks``) and runs
+inside ``thresher run`` with every other stage. What every model stage shares lives here:
+the ``model`` path, ``device``, ``dtype``, the token budget (``max_tokens_per_batch``),
+truncation, lazy loading once per worker process (one cache keyed by the task spec, so
+two stages with the same model share it and the threads of a worker share one copy), the
+engine's throughput and padding counters (written per shard to the manifest, summed in
+``stats.json``) and the accelerator hint: with ``accelerator`` set the stage runs in a
+Beam step of its own with that resource hint (on Dataflow only that step asks for GPU
+workers), reading its shard's rows from the previous step's work file.
+
+This module imports torch only when a model is loaded, so the registry can list these
+stages on an install without the ``models`` extra.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from thresher.schemas import models as M
+from thresher.scorers.base import Column, LocalStage, Param, ParamError, Resources, StageOutput, between, one_of
+from thresher.scorers.registry import register
+
+
+def _device(v: str) -> Optional[str]:
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else f"must be auto, cpu, cuda or cuda:N, got {v!r}"
+
+
+def _positive_or_none(v):
+    return None if v is None or v >= 1 else f"must be >= 1, got {v}"
+
+
+MODEL_PARAMS: dict[str, Param] = {
+    "model": Param(str, doc="local checkpoint directory (safetensors or weights-only torch files) or fastText "
+                            "file; loaded once per worker, never with remote code"),
+    "device": Param(str, "auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N", _device),
+    "dtype": Param(str, "auto", "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
+                   one_of("auto", "fp32", "bf16", "fp16")),
+    "weights_dtype": Param(str, None, "dtype the weights are loaded in (default: as stored)",
+                           one_of("fp32", "bf16", "fp16"), nullable=True),
+    "max_tokens_per_batch": Param(int, None, "padded tokens per batch (batch size × longest); default 16384 on "
+                                             "CPU, 32768 on CUDA", _positive_or_none, nullable=True),
+    "max_batch_size": Param(int, None, "documents per batch at most", _positive_or_none, nullable=True),
+    "max_length": Param(int, None, "tokens per model input (default: the model's positions)", _positive_or_none,
+                        nullable=True),
+    "truncation": Param(str, None, "head | head_tail | windows (default per stage)",
+                        one_of("head", "head_tail", "windows"), nullable=True),
+    "max_doc_tokens": Param(int, None, "with truncation windows: only the first N tokens of a document",
+                            _positive_or_none, nullable=True),
+    "accelerator": Param(str, None, "Beam accelerator resource hint, e.g. 'type:nvidia-l4;count:1;"
+                                    "install-nvidia-driver'; when set the stage runs in a step of its own",
+                         nullable=True),
+}
+
+_CACHE: dict[str, "_Loaded"] = {}
+_CACHE_LOCK = threading.Lock()
+#: how many times a model stage built its task in this process (tests check one load per process)
+BUILD_COUNT = 0
+
+
+class _Loaded:
+    def __init__(self, task):
+        self.task = task
+        self.lock = threading.Lock()
+
+
+class ModelStage(LocalStage):
+    """Base of the stages that run a model from the engine (``task``).
+
+    Subclasses set ``task``, their ``columns`` (the task's output columns, declared) and
+    ``task_params`` (their own parameters, passed to the task), and may override
+    ``decide(columns) -> reasons``. ``engine_stats`` counters are reported per shard."""
+
+    task: ClassVar[str] = ""
+    task_params: ClassVar[tuple[str, ...]] = ()
+    resources = Resources(accelerator=True, note="GPU when present (device auto); CPU otherwise")
+    params: ClassVar[dict[str, Param]] = MODEL_PARAMS
+    _loaded = ("_handle",)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._handle: Optional[_Loaded] = None
+        self._reported: dict[str, float] = {}
+
+    def accelerator_hint(self) -> Optional[str]:
+        return self.config.get("accelerator")
+
+    def spec(self) -> tuple[str, str, tuple]:
+        keys = [k for k in MODEL_PARAMS if k not in ("model", "accelerator", "weights_dtype")] + list(self.task_params)
+        opts = tuple((k, self.config[k]) for k in keys if self.config.get(k) is not None)
+        return self.task, self.config["model"], opts + (("weights_dtype", self.config.get("weights_dtype")),
+                                                       ("head", self.config.get("head")))
+
+    def setup(self) -> None:
+        if self._handle is not None:
+            return
+        key = repr(self.spec())
+        with _CACHE_LOCK:
+            h = _CACHE.get(key)
+            if h is None:
+                global BUILD_COUNT
+                from thresher.scorers.models.tasks import build_task
+                task, model, opts = self.spec()
+                kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts if k not in ("weights_dtype", "head")}
+                BUILD_COUNT += 1
+                h = _CACHE[key] = _Loaded(build_task(task, model, weights_dtype=self.config.get("weights_dtype"),
+                                                     head=self.config.get("head"), **kw))
+        self._handle = h
+
+    def decide(self, cols: dict[str, pa.Array]) -> Optional[pa.Array]:
+        return None
+
+    def task_columns(self) -> dict[str, str]:
+        """task output column -> declared column."""
+        return {c.name: c.name for c in self.active_columns()}
+
+    def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:
+        self.setup()
+        with self._handle.lock:
+            raw = self._handle.task(text)
+        names = self.task_columns()
+        cols = {names[k]: v for k, v in raw.items() if k in names}
+        return StageOutput(columns=cols, reasons=self.decide(cols))
+
+    def take_stats(self) -> Optional[dict[str, float]]:
+        """Engine counters since the last call (docs, tokens, padding, OOM back-offs, seconds)."""
+        if self._handle is None:
+            return None
+        cur = {k: v for k, v in self._handle.task.stats.as_dict().items()
+               if k not in ("docs_per_s", "tokens_per_s", "padding_waste")}
+        delta = {k: v - self._reported.get(k, 0) for k, v in cur.items()}
+        self._reported = cur
+        return delta
+
+
+@register
+class LmLoss(ModelStage):
+    """Per-document loss of a causal LM (`causal_lm_loss`): summed token NLL in nats, tokens,
+    characters covered and bits per character. Long documents are scored in sliding windows
+    (each token once, `stride` new tokens per window). `max_bpc` / `min_bpc` reject documents
+    the model finds too surprising (noise) or too predictable (boilerplate); without them the
+    stage only scores."""
+
+    name = "lm_loss"
+    column_prefix = "lm"
+    doc = "Causal-LM loss per document (nats, tokens, characters, bits per character); optional bpc bounds."
+    task = M.TASK_CAUSAL_LM_LOSS
+    task_params = ("stride", "prepend_bos")
+    params = {
+        **MODEL_PARAMS,
+        "stride": Param(int, None, "new tokens per sliding window (default max_length // 2)", _positive_or_none,
+                        nullable=True),
+        "prepend_bos": Param(bool, None, "prepend BOS so the first token is scored (default: when the "
+                                         "tokenizer has one)", nullable=True),
+        "max_bpc": Param(float, None, "reject documents above this many bits per character", between(0.0),
+                         nullable=True),
+        "min_bpc": Param(float, None, "reject documents below this many bits per character", between(0.0),
+                         nullable=True),
+    }
+    columns = (
+        Column(M.LM_LOSS_SUM, pa.float64(), "summed token negative log-likelihood, nats"),
+        Column(M.LM_TOKENS, pa.int64(), "tokens whose loss was summed"),
+        Column(M.LM_CHARS, pa.int64(), "characters covered by those tokens"),
+        Column(M.LM_BPC, pa.float64(), "bits per character = lm_loss_sum / (lm_chars · ln 2)"),
+    )
+    reasons = {"high_bpc": "bits per character above `max_bpc`", "low_bpc": "bits per character below `min_bpc`"}
+
+    def decide(self, cols):
+        from thresher.scorers.base import first_reason
+        bpc = cols[M.LM_BPC].to_numpy(zero_copy_only=False).astype(np.float64)
+        masks = []
+        if self.config["max_bpc"] is not None:
+            masks.append((np.nan_to_num(bpc, nan=-np.inf) > self.config["max_bpc"], self.reason("high_bpc")))
+        if self.config["min_bpc"] is not None:
+            masks.append((np.nan_to_num(bpc, nan=np.inf) < self.config["min_bpc"], self.reason("low_bpc")))
+        return first_reason(len(bpc), masks) if masks else None
+
+
+@register
+class Classifier(ModelStage):
+    """A document classifier's score (`encoder_score`): an HF sequence classifier
+    (softmax / sigmoid per its `problem_type`, raw values for a regression head such as
+    FineWeb-Edu's) or a bare encoder with a thresher head (mean pooling over the attention
+    mask, `head:` names the head directory when it is not inside the model directory), or a
+    fastText classifier. One output is kept: `label` (name or index; default the only output,
+    or the last label of a two-label classifier). `min_score` (alias `threshold`) / `max_score`
+    decide; without them the stage only scores. Long documents: `truncation: windows` pools
+    every window of the document."""
+
+    name = "classifier"
+    doc = "Document classifier score (HF sequence classifier, encoder + head, or fastText); min/max score."
+    task = M.TASK_ENCODER_SCORE
+    task_params = ("label",)
+    params = {
+        **MODEL_PARAMS,
+        "head": Param(str, None, "thresher head directory for a bare encoder at `model`", nullable=True),
+        "label": Param((str, int), None, "the output to keep: label name or index", nullable=True),
+        "min_score": Param(float, None, "reject documents scoring below this", nullable=True),
+        "threshold": Param(float, None, "alias of min_score", nullable=True),
+        "max_score": Param(float, None, "reject documents scoring above this (e.g. a toxicity classifier)",
+                           nullable=True),
+    }
+    columns = (Column("classifier_score", pa.float32(), "the kept output of the classifier"),)
+    reasons = {"low_score": "score below `min_score`", "high_score": "score above `max_score`"}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], prefix: str) -> None:
+        if params.get("threshold") is not None:
+            if params.get("min_score") is not None:
+                raise ParamError(prefix + "threshold", "give min_score or its alias threshold, not both")
+            params["min_score"] = params["threshold"]
+
+    def setup(self) -> None:
+        if self._handle is None and self.config["label"] is None:
+            # one column: default to the only output, or the positive class of a 2-label classifier
+            from thresher.scorers.models.loading import load_model
+            lm = load_model(self.config["model"], weights_dtype=self.config.get("weights_dtype"),
+                            head=self.config.get("head"))
+            if lm.num_outputs > 2:
+                raise ParamError("label", f"the classifier has {lm.num_outputs} outputs {lm.labels}; choose one "
+                                          f"with 'label'")
+            self.config = dict(self.config, label=lm.num_outputs - 1)
+        super().setup()
+
+    def task_columns(self) -> dict[str, str]:
+        return {M.SCORE: "classifier_score"}
+
+    def decide(self, cols):
+        from thresher.scorers.base import first_reason
+        s = cols["classifier_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        masks = []
+        if self.config["min_score"] is not None:
+            masks.append((np.nan_to_num(s, nan=np.inf) < self.config["min_score"], self.reason("low_score")))
+        if self.config["max_score"] is not None:
+            masks.append((np.nan_to_num(s, nan=-np.inf) > self.config["max_score"], self.reason("high_score")))
+        return first_reason(len(s), masks) if masks else None
+
+
+@register
+class Generate(ModelStage):
+    """Batched greedy generation from a prompt built around each document (`generate`): the
+    tokenizer's chat template (or a fallback), `system` / `prompt` (`{text}` = the document),
+    stop strings, `max_new_tokens`. Writes `generated`; rejects nothing (a later stage, such
+    as ProX's executor, acts on it)."""
+
+    name = "generate"
+    column_prefix = "generated"
+    doc = "Greedy generation per document with a causal LM (chat template, stop strings); writes `generated`."
+    task = M.TASK_GENERATE
+    task_params = ("max_new_tokens", "stop", "system", "prompt", "template")
+    params = {
+        **MODEL_PARAMS,
+        "max_new_tokens": Param(int, 256, "tokens generated at most", between(1)),
+        "stop": Param(list, None, "stop strings (removed from the output)", nullable=True),
+        "system": Param(str, None, "system message", nullable=True),
+        "prompt": Param(str, None, "user message; {text} is replaced by the document", nullable=True),
+        "template": Param(str, "auto", "auto | chat | fallback | none | a custom template with {user}"),
+    }
+    columns = (Column(M.GENERATED, pa.string(), "the generated text"),)
+    reasons = ()
