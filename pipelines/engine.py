@@ -30,6 +30,7 @@ from thresher.schemas import columns as C
 from thresher.schemas import stats as S
 from thresher.schemas.config import Config, parse_config
 from thresher.schemas.documents import output_schema
+from thresher.scorers.text.arrays import as_array
 from thresher.scorers.base import Decisions, GlobalStage, LocalStage, Stage, StageContractError
 
 
@@ -99,12 +100,7 @@ def _positions(alive_idx: np.ndarray, n: int) -> pa.Array:
     return pa.array(pos, mask=pos < 0)
 
 
-def _as_array(x) -> pa.Array:
-    if isinstance(x, pa.ChunkedArray):
-        return x.combine_chunks()
-    if isinstance(x, pa.Array):
-        return x
-    return pa.array(x)
+_as_array = as_array
 
 
 @dataclasses.dataclass

@@ -25,6 +25,13 @@ DEFAULT_MAX_TEXT_BYTES = 10_000_000
 DEFAULT_BATCH_ROWS = 2_000
 
 
+def did_you_mean(name: Any, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or '' (the one copy of this hint)."""
+    import difflib
+    near = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 class ConfigError(ValueError):
     """A config value is wrong. ``key`` is the dotted path of the culprit."""
 
@@ -103,10 +110,7 @@ def _fields(cls, key: str, raw: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in raw.items():
         if k not in names:
-            import difflib
-            near = difflib.get_close_matches(k, list(names), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{key}.{k}", f"unknown key{hint}; known: {', '.join(names)}")
+            raise ConfigError(f"{key}.{k}", f"unknown key{did_you_mean(k, names)}; known: {', '.join(names)}")
         out[k] = v
     return out
 
@@ -117,10 +121,8 @@ def parse_config(raw: Any, *, source: str = "config") -> Config:
         raise ConfigError("", f"{source} must be a mapping with keys {sorted(_TOP)}, got {type(raw).__name__}")
     for k in raw:
         if k not in _TOP:
-            import difflib
-            near = difflib.get_close_matches(str(k), list(_TOP), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(str(k), f"unknown top-level key{hint}; known: {', '.join(sorted(_TOP))}")
+            raise ConfigError(str(k), f"unknown top-level key{did_you_mean(k, _TOP)}; "
+                                      f"known: {', '.join(sorted(_TOP))}")
 
     # input
     inp = raw.get("input")

@@ -16,6 +16,8 @@ from typing import Any, Callable, ClassVar, Optional
 
 import pyarrow as pa
 
+from thresher.schemas.config import did_you_mean
+
 
 class ParamError(ValueError):
     """A stage parameter has a bad value. ``key`` names the parameter."""
@@ -265,13 +267,6 @@ class GlobalStage(Stage):
         ``fn(plan, k, key_paths, prior_decisions)`` and returns a PCollection of one
         ``(k, decision table)``. (A path, not a function, keeps this module free of Beam.)"""
         return None
-
-
-def did_you_mean(name: str, known) -> str:
-    """`` (did you mean 'x'?)`` for the closest known name, or ''."""
-    import difflib
-    near = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def null_reasons(n: int) -> pa.Array:

@@ -60,4 +60,5 @@ def test_stages_lists_every_registered_stage(tmp_path):
     r = _thresher("stages", cwd=tmp_path)
     assert r.returncode == 0
     for name in registry.names():
-        assert f"\n{name} (" in "\n" + r.stdout
+        if registry.stage_class(name).__module__.startswith("thresher."):   # not the tests' own stages
+            assert f"\n{name} (" in "\n" + r.stdout

@@ -20,6 +20,7 @@ from thresher.scorers.filters import toxicity as F
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.filters import toxicity as T
+from thresher.scorers.text.langcodes import normalize_language
 from thresher.scorers.filters.toxicity import (
     ToxicityStage,
     WordListScorer,
@@ -125,8 +126,8 @@ def test_per_row_language():
     # ru list for row 0; en list has no Russian; en via ISO-639-3; de list has no 'fuck';
     # a null language falls back to the default
     assert hard.tolist() == [1, 0, 1, 0, 1]
-    assert T.lang_key("en-US") == "en" and T.lang_key("__label__zho_Hans") == "zh"
-    assert T.lang_key("nb") == "no"
+    assert normalize_language("en-US") == "en" and normalize_language("__label__zho_Hans") == "zh"
+    assert normalize_language("nb") == "no"
 
 
 # ------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from thresher.scorers.text.arrays import as_string_array
 from thresher.scorers.classifiers.fasttext_util import (
     LABEL_PREFIX,
     FastTextModelError,
@@ -897,13 +898,7 @@ def _has_nul(text: pa.Array) -> bool:
 
 
 def _as_string_array(text) -> pa.Array:
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks() if text.num_chunks != 1 else text.chunk(0)
-    if not isinstance(text, pa.Array):
-        text = pa.array(list(text), pa.string())
-    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-        raise TypeError(f"expected a string array, got {text.type}")
-    return text
+    return as_string_array(text, large_ok=True)
 
 
 def _cut_at_eos(rows: np.ndarray, offsets: np.ndarray, is_eos: np.ndarray):

@@ -85,6 +85,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from thresher.scorers.text.arrays import as_string_array
 from thresher.scorers.dedup.components import star_components, union_find
 
 U64 = np.uint64
@@ -154,15 +155,7 @@ class Normalization:
 
 
 def _as_string_array(text: Any) -> pa.Array:
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks() if text.num_chunks != 1 else text.chunk(0)
-    if not isinstance(text, pa.Array):
-        text = pa.array(list(text), type=pa.string())
-    if pa.types.is_large_string(text.type) or pa.types.is_string_view(text.type):
-        text = text.cast(pa.string()) if text.nbytes < (1 << 31) - 1 else text.cast(pa.large_string())
-    if text.null_count:
-        text = pc.fill_null(text, "")
-    return text
+    return as_string_array(text, fill_null=True)
 
 
 def normalize(text: Any, norm: Normalization = Normalization()) -> pa.Array:

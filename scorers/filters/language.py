@@ -80,6 +80,7 @@ class LanguageStage(LocalStage):
     reasons = {"not_allowed": "the top label is not in `languages`",
                "low_score": "the top label's probability is below `threshold`"}
     default_order = 10
+    _loaded = ("_model",)   # loaded per worker in setup(), not pickled
     columns = (
         Column(LANGUAGE, pa.string(), "top label without the __label__ prefix (e.g. en, eng_Latn)"),
         Column(LANGUAGE_SCORE, pa.float32(), "its probability, 0..1"),
@@ -98,15 +99,6 @@ class LanguageStage(LocalStage):
         langs = self.config["languages"]
         self._keep = None if langs is None else sorted(
             {ftu.normalize_label(x.strip()) for x in langs})
-
-    # -- pickling: models are loaded per worker in setup() -------------------------------
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_model"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
     def model_path(self) -> str:
         return self.config["model"] or ftu.default_lid_model_path()

@@ -31,6 +31,7 @@ from thresher.scorers.base import (
     Param,
 )
 from thresher.scorers.text import ops as T
+from thresher.scorers.text.langcodes import normalize_language
 
 # ----------------------------------------------------------------------------------------
 # stop words
@@ -48,21 +49,6 @@ STOP_WORDS: dict[str, tuple[str, ...]] = {
     "nl": ("de", "het", "een", "en", "van", "dat", "is", "met", "te", "niet"),
     "ru": ("и", "в", "не", "на", "что", "с", "как", "это", "по", "он"),
 }
-
-_LANG_ALIASES = {
-    "eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "ita": "it",
-    "por": "pt", "nld": "nl", "dut": "nl", "rus": "ru", "zho": "zh", "chi": "zh", "cmn": "zh",
-    "jpn": "ja", "tha": "th", "kor": "ko",
-}
-
-
-def normalize_language(code: Optional[str]) -> Optional[str]:
-    """``"en-US"``, ``"eng_Latn"``, ``"EN"`` -> ``"en"``; None/empty -> None."""
-    if not code:
-        return None
-    base = code.strip().lower().replace("_", "-").split("-")[0]
-    return _LANG_ALIASES.get(base, base) or None
-
 
 def _doc_languages(batch: Optional[pa.Table], column: str, n: int) -> tuple[np.ndarray, list[str]]:
     """(language index per row, normalized language codes). Rows without a language (no

@@ -68,6 +68,8 @@ from thresher.scorers.base import (
 )
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.registry import register
+from thresher.scorers.text.arrays import as_string_array
+from thresher.scorers.text.langcodes import normalize_language
 
 TOXICITY_HARD_HITS = "toxicity_hard_hits"            # occurrences of hard-list entries
 TOXICITY_SOFT_HITS = "toxicity_soft_hits"            # occurrences of soft-list entries
@@ -104,11 +106,7 @@ _SPLIT_RE2 = r"[^\p{L}\p{N}\p{M}]+"
 
 
 def _as_string(text) -> pa.Array:
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    if pa.types.is_large_string(text.type):
-        text = text.cast(pa.string())
-    return text
+    return as_string_array(text)
 
 
 def _is_unseg(ch: str) -> bool:
@@ -134,24 +132,9 @@ def _re2_literal(s: str) -> str:
 # language codes
 # --------------------------------------------------------------------------------------
 
-_ISO3 = {
-    "ara": "ar", "arb": "ar", "ces": "cs", "cze": "cs", "dan": "da", "deu": "de", "ger": "de",
-    "eng": "en", "epo": "eo", "spa": "es", "fas": "fa", "per": "fa", "pes": "fa", "fin": "fi",
-    "tgl": "fil", "fra": "fr", "fre": "fr", "hin": "hi", "hun": "hu", "ita": "it", "jpn": "ja",
-    "kor": "ko", "nld": "nl", "dut": "nl", "nor": "no", "nob": "no", "nno": "no", "nb": "no",
-    "nn": "no", "pol": "pl", "por": "pt", "rus": "ru", "swe": "sv", "tha": "th", "tur": "tr",
-    "zho": "zh", "chi": "zh", "cmn": "zh", "yue": "zh", "wuu": "zh", "ell": "el", "gre": "el",
-    "ukr": "uk", "ron": "ro", "rum": "ro", "ind": "id", "vie": "vi", "cat": "ca", "hrv": "hr",
-}
 
 
-def lang_key(code: Optional[str]) -> Optional[str]:
-    """``en``, ``EN``, ``eng``, ``eng_Latn``, ``en-US``, ``__label__en`` -> ``en``."""
-    if code is None:
-        return None
-    c = ftu.normalize_label(code.strip()).lower().replace("-", "_")
-    base = c.split("_", 1)[0]
-    return _ISO3.get(base, base) or None
+
 
 
 # --------------------------------------------------------------------------------------
@@ -176,7 +159,7 @@ def load_wordlists(path: Optional[str] = None) -> dict[str, dict[int, list[str]]
 
     File names: ``<lang>.hard.txt``, ``<lang>.soft.txt``, or ``<lang>.txt``
     (a single list, used as hard). ``<lang>`` is normalised with
-    :func:`lang_key` (``fr-CA-u-sd-caqc.txt`` joins ``fr``). One entry per
+    :func:`thresher.scorers.text.langcodes.normalize_language` (``fr-CA-u-sd-caqc.txt`` joins ``fr``). One entry per
     line, UTF-8; blank lines and lines starting with ``#`` are ignored.
     """
     root = path or DATA_DIR
@@ -194,7 +177,7 @@ def load_wordlists(path: Optional[str] = None) -> dict[str, dict[int, list[str]]
             stem, kind = stem[:-5], SOFT
         elif "." in stem:
             continue
-        key = lang_key(stem)
+        key = normalize_language(stem)
         if not key:
             continue
         lists.setdefault(key, {HARD: [], SOFT: []})[kind].extend(_read_list(os.path.join(root, fn)))
@@ -382,7 +365,7 @@ class WordListScorer:
         hard = np.zeros(n, np.int64)
         soft = np.zeros(n, np.int64)
         covered = np.zeros(n, np.int64)
-        default = lang_key(default_language)
+        default = normalize_language(default_language)
         if languages is None:
             groups = {default: None}
         else:
@@ -392,7 +375,7 @@ class WordListScorer:
             codes = np.asarray(enc.indices)
             groups = {}
             for j, value in enumerate(enc.dictionary.to_pylist()):
-                key = lang_key(value)
+                key = normalize_language(value)
                 idx = np.flatnonzero(codes == j)
                 if len(idx):
                     groups.setdefault(key, []).append(idx)
@@ -631,6 +614,7 @@ class ToxicityStage(LocalStage):
                "classifier": "the classifier's P(toxic) >= `threshold`",
                "profanity": "toxicity_profanity >= `profanity_threshold`"}
     default_order = 70
+    _loaded = ("_words", "_clf", "_profanity")
     columns = (
         Column(TOXICITY_HARD_HITS, pa.int32(), "occurrences of hard-list entries"),
         Column(TOXICITY_SOFT_HITS, pa.int32(), "occurrences of soft-list entries"),
@@ -653,14 +637,6 @@ class ToxicityStage(LocalStage):
         self._words: Optional[WordListScorer] = None
         self._clf: Optional[ToxicityClassifier] = None
         self._profanity = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_words"] = state["_clf"] = state["_profanity"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
     def active_columns(self) -> list[Column]:
         out = list(self.columns[:3])

@@ -47,6 +47,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from thresher.scorers.text import arrays as _arrays
+
 # ----------------------------------------------------------------------------------------
 # character classes (RE2 syntax)
 # ----------------------------------------------------------------------------------------
@@ -213,19 +215,13 @@ _INFIX_CANDIDATE = r"[" + char_class(_HYPHENS + ",:<>=/+*^.…") + r"\p{So}]"
 # ----------------------------------------------------------------------------------------
 
 
-def as_array(arr) -> pa.Array:
-    """A single contiguous Arrow array from an Array or ChunkedArray."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    return arr
+# one copy of the array helpers, in thresher.scorers.text.arrays
+as_array = _arrays.as_array
 
 
 def as_string(text) -> pa.Array:
     """A contiguous ``pa.string()`` array (large strings are cast; a batch holds < 2 GiB)."""
-    text = as_array(text)
-    if pa.types.is_large_string(text.type):
-        text = text.cast(pa.string())
-    return text
+    return _arrays.as_string_array(text)
 
 
 def list_parts(lists: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
