@@ -86,6 +86,47 @@ class ModelTaskSpec:
         return task
 
 
+@dataclasses.dataclass(frozen=True)
+class StageTaskSpec:
+    """A model stage's task, as ``thresher score`` runs it: built by the stage's own loader
+    (``ModelStage.load``: the same validation, options and process-wide cache as
+    ``thresher run``), with every output of the task and an optional column prefix."""
+
+    stage: str
+    params: tuple = ()
+    text_column: str = "text"
+    column_prefix: Optional[str] = None
+
+    @classmethod
+    def make(cls, stage: str, params: dict, *, text_column: str = "text",
+             column_prefix: Optional[str] = None) -> "StageTaskSpec":
+        return cls(stage, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())),
+                   text_column, column_prefix)
+
+    @property
+    def task(self) -> str:
+        from thresher.scorers.registry import get
+        return get(self.stage).task
+
+    @property
+    def model(self) -> str:
+        return dict(self.params)["model"]
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+
+    def build(self):
+        global BUILD_COUNT
+        from thresher.scorers.registry import get
+        BUILD_COUNT += 1
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params}
+        t0 = time.perf_counter()
+        task = get(self.stage)(**params).load(column_prefix=self.column_prefix).task
+        log.info("loaded %s for %s in %.1fs (device %s)", self.model, self.task, time.perf_counter() - t0,
+                 task.engine.device)
+        return task
+
+
 class _Loaded:
     """Weak-referenceable holder for ``Shared`` (task + a lock for threads)."""
 
@@ -316,5 +357,5 @@ def query_counters(result) -> dict[str, int]:
     return out
 
 
-__all__ = ["ModelTaskSpec", "acquire_task", "is_remote", "ScoreTableDoFn", "ScoreTables", "ScoreShardDoFn", "TextTaskModelHandler",
+__all__ = ["ModelTaskSpec", "StageTaskSpec", "acquire_task", "is_remote", "ScoreTableDoFn", "ScoreTables", "ScoreShardDoFn", "TextTaskModelHandler",
            "output_path", "query_counters", "NAMESPACE"]

@@ -23,6 +23,8 @@ import time
 from typing import Optional, Sequence
 
 TASK_NAMES = ("causal_lm_loss", "encoder_score", "generate")
+#: the model stage that runs each task
+STAGE_OF_TASK = {"causal_lm_loss": "lm_loss", "encoder_score": "classifier", "generate": "generate"}
 _LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 _TASK_ONLY = {
     "stride": ("causal_lm_loss",), "prepend_bos": ("causal_lm_loss",),
@@ -137,20 +139,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(p.rstrip("/").rsplit("/", 1)[0] == output.rstrip("/") for p in inputs):
         ap.error("--output must differ from the input directory")
 
-    options = {"device": args.device, "dtype": args.dtype, "max_tokens_per_batch": args.max_tokens_per_batch,
-               "max_batch_size": args.max_batch_size, "max_length": args.max_length,
-               "truncation": args.truncation, "max_doc_tokens": args.max_doc_tokens,
-               "column_prefix": args.column_prefix or None}
+    # the command runs the model stage of its task (the same parameters, validation, loading
+    # and process-wide model cache as `thresher run`), writing every output of the task
+    params = {"model": model, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype,
+              "max_tokens_per_batch": args.max_tokens_per_batch, "max_batch_size": args.max_batch_size,
+              "max_length": args.max_length, "truncation": args.truncation, "max_doc_tokens": args.max_doc_tokens}
+    if args.head is not None:
+        if args.task != "encoder_score":
+            ap.error("--head applies to encoder_score only")
+        params["head"] = os.path.abspath(os.path.expanduser(args.head))
     for name, tasks in _TASK_ONLY.items():
         v = getattr(args, name)
         if v is None:
             continue
         if args.task not in tasks:
             ap.error(f"--{name.replace('_', '-')} applies to {', '.join(tasks)} only")
-        options[name] = v
-    if args.task == "encoder_score" and kind == "fasttext":
-        for k in ("device", "dtype"):
-            options.pop(k)
+        params[name] = int(v) if name == "label" and str(v).isdigit() else v
+    from thresher.scorers.base import ParamError
+    from thresher.scorers.registry import get as stage_class
+    cls = stage_class(STAGE_OF_TASK[args.task])
+    try:
+        cls(**{k: v for k, v in params.items() if v is not None})
+    except ParamError as e:
+        ap.error(f"--{e.key.replace('_', '-')}: {e.message}")
+    _ = kind
 
     import pyarrow.parquet as pq
     from thresher.pipelines.model_beam import _open_read
@@ -162,14 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from thresher.pipelines.model_beam import (
-        ModelTaskSpec,
-        ScoreShardDoFn,
-        query_counters,
-    )
+    from thresher.pipelines.model_beam import ScoreShardDoFn, StageTaskSpec, query_counters
 
-    spec = ModelTaskSpec.make(args.task, model, text_column=args.text_column, head=args.head,
-                              weights_dtype=args.weights_dtype, **options)
+    spec = StageTaskSpec.make(cls.name, {k: v for k, v in params.items() if v is not None},
+                              text_column=args.text_column, column_prefix=args.column_prefix or None)
     opts = PipelineOptions([f"--runner={args.runner}", *beam_args])
     t0 = time.perf_counter()
     p = beam.Pipeline(options=opts)

@@ -90,27 +90,33 @@ class ModelStage(LocalStage):
     def accelerator_hint(self) -> Optional[str]:
         return self.config.get("accelerator")
 
-    def spec(self) -> tuple[str, str, tuple]:
+    def task_options(self, **extra: Any) -> dict[str, Any]:
+        """Options for ``build_task``: the engine options and the stage's task parameters
+        that are set, plus ``extra`` (e.g. ``column_prefix`` for ``thresher score``)."""
         keys = [k for k in MODEL_PARAMS if k not in ("model", "accelerator", "weights_dtype")] + list(self.task_params)
-        opts = tuple((k, self.config[k]) for k in keys if self.config.get(k) is not None)
-        return self.task, self.config["model"], opts + (("weights_dtype", self.config.get("weights_dtype")),
-                                                       ("head", self.config.get("head")))
+        opts = {k: self.config[k] for k in keys if self.config.get(k) is not None}
+        opts.update({k: v for k, v in extra.items() if v is not None})
+        return opts
 
-    def setup(self) -> None:
-        if self._handle is not None:
-            return
-        key = repr(self.spec())
+    def load(self, **extra: Any) -> "_Loaded":
+        """The task for this stage's model and options, built once per process (one cache
+        for ``thresher run`` and ``thresher score``) and shared by the worker's threads."""
+        opts = self.task_options(**extra)
+        wd, head = self.config.get("weights_dtype"), self.config.get("head")
+        key = repr((self.task, self.config["model"], sorted((k, repr(v)) for k, v in opts.items()), wd, head))
         with _CACHE_LOCK:
             h = _CACHE.get(key)
             if h is None:
                 global BUILD_COUNT
                 from thresher.scorers.models.tasks import build_task
-                task, model, opts = self.spec()
-                kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts if k not in ("weights_dtype", "head")}
                 BUILD_COUNT += 1
-                h = _CACHE[key] = _Loaded(build_task(task, model, weights_dtype=self.config.get("weights_dtype"),
-                                                     head=self.config.get("head"), **kw))
-        self._handle = h
+                h = _CACHE[key] = _Loaded(build_task(self.task, self.config["model"], weights_dtype=wd, head=head,
+                                                     **opts))
+        return h
+
+    def setup(self) -> None:
+        if self._handle is None:
+            self._handle = self.load()
 
     def decide(self, cols: dict[str, pa.Array]) -> Optional[pa.Array]:
         return None
@@ -215,20 +221,15 @@ class Classifier(ModelStage):
                 raise ParamError(prefix + "threshold", "give min_score or its alias threshold, not both")
             params["min_score"] = params["threshold"]
 
-    def setup(self) -> None:
-        if self._handle is None and self.config["label"] is None:
-            # one column: default to the only output, or the positive class of a 2-label classifier
-            from thresher.scorers.models.loading import load_model
-            lm = load_model(self.config["model"], weights_dtype=self.config.get("weights_dtype"),
-                            head=self.config.get("head"))
-            if lm.num_outputs > 2:
-                raise ParamError("label", f"the classifier has {lm.num_outputs} outputs {lm.labels}; choose one "
-                                          f"with 'label'")
-            self.config = dict(self.config, label=lm.num_outputs - 1)
-        super().setup()
-
     def task_columns(self) -> dict[str, str]:
-        return {M.SCORE: "classifier_score"}
+        if self.config["label"] is not None:
+            return {M.SCORE: "classifier_score"}
+        n = self._handle.task.lm.num_outputs
+        if n > 2:
+            raise ParamError("label", f"the classifier at {self.config['model']} has {n} outputs "
+                                      f"{self._handle.task.lm.labels}; choose one with 'label'")
+        # one output: it; two (a binary classifier): the second, the positive class
+        return {M.score_columns(n)[-1]: "classifier_score"}
 
     def decide(self, cols):
         from thresher.scorers.base import first_reason
