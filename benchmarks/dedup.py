@@ -85,6 +85,7 @@ def _components_from_pairs(n: int, u, v):
     """Cluster labels from candidate pairs: thresher's union-find, the same for every peer
     (only the datasketch and rensa workers call it; the datatrove worker clusters itself)."""
     import numpy as np
+
     from thresher.scorers.dedup.components import union_find
     return union_find(n, np.asarray(u, np.int64), np.asarray(v, np.int64))
 
@@ -97,6 +98,7 @@ def worker_thresher(data: Path, out: Path, variant: str) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
     from thresher.schemas import columns as C
     from thresher.scorers.dedup.minhash import MinHashDedup
 
@@ -380,9 +382,9 @@ def run_worker(system: str, data: Path, out: Path, python: str, timeout: int) ->
 
 
 def score(data: Path, pred_path: Path) -> dict:
+    import neardup_data as ND
     import numpy as np
     import pyarrow.parquet as pq
-    import neardup_data as ND
     truth = pq.read_table(data / "truth.parquet")
     pred = pq.read_table(pred_path)
     order = {i: k for k, i in enumerate(truth["id"].to_pylist())}

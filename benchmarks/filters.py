@@ -56,7 +56,6 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 from thresher.scorers.classifiers import fasttext_util as ftu  # noqa: E402
 from thresher.scorers.filters import c4 as HC4
 from thresher.scorers.filters import fineweb as HFW
@@ -212,6 +211,7 @@ def run_whole_stage(shards_dir: str, out_dir: str, stage: dict,
 def warm_up_beam(table: pa.Table, workdir: str) -> float:
     """Import Beam and run one tiny pipeline so that one-time costs hit no filter."""
     import apache_beam  # noqa: F401
+
     from thresher.pipelines import api, transforms  # noqa: F401
 
     d = os.path.join(workdir, "warmup")

@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
 from thresher.scorers.classifiers import fasttext_util as ftu  # noqa: E402
 from thresher.scorers.filters.language import LanguageStage  # noqa: E402
 

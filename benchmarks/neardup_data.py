@@ -52,7 +52,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
 from thresher.scorers.dedup import lsh as LSH
 from thresher.scorers.dedup import minhash as M  # noqa: E402
 

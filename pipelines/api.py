@@ -14,9 +14,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import pyarrow.parquet as pq
+
 from thresher.pipelines import engine as E
 from thresher.pipelines import io
 from thresher.schemas import stats as S
@@ -227,7 +229,8 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
             row["global"] = {k: v for k, v in g.items() if k not in ("stage", "fingerprint")}
         if st.id in engine_stats:
             e = dict(engine_stats[st.id])
-            e["padding_waste"] = round(1 - e["processed_tokens"] / e["padded_tokens"], 4) if e.get("padded_tokens") else 0.0
+            padded = e.get("padded_tokens")
+            e["padding_waste"] = round(1 - e["processed_tokens"] / padded, 4) if padded else 0.0
             e["docs_per_s"] = round(e["docs"] / e["wall_s"], 1) if e.get("wall_s") else None
             e["tokens_per_s"] = round(e["doc_tokens"] / e["wall_s"], 1) if e.get("wall_s") else None
             row["engine"] = e
@@ -263,6 +266,7 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     ReconciliationError when kept + rejected != input rows.
     """
     import apache_beam as beam
+
     from thresher.pipelines.transforms import CurateShards
 
     t0 = time.time()

@@ -12,6 +12,7 @@ from typing import Optional
 from thresher.schemas.config import ConfigError
 from thresher.schemas.documents import InputError
 
+
 def default_stages() -> list[dict]:
     """The default pipeline: every registered stage that declares a ``default_order``
     (the stages that need no model beyond what the project's dependencies ship)."""

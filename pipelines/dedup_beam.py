@@ -34,6 +34,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.pipelines import engine as E
 from thresher.schemas import columns as C
 from thresher.scorers.dedup import keys as D

@@ -24,14 +24,15 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.pipelines import io
 from thresher.pipelines.registry import build_stages
 from thresher.schemas import columns as C
 from thresher.schemas import stats as S
 from thresher.schemas.config import Config, parse_config
 from thresher.schemas.documents import output_schema
-from thresher.scorers.text.arrays import as_array
 from thresher.scorers.base import Decisions, GlobalStage, LocalStage, Stage, StageContractError
+from thresher.scorers.text.arrays import as_array
 
 
 @dataclasses.dataclass
@@ -67,7 +68,7 @@ def work_rows_path(out: str, shard: io.Shard) -> str:
     return io.join(out, S.WORK_DIR, shard.name + ".rows.parquet")
 
 
-def segment_rows_path(out: str, shard: io.Shard, seg: "Segment", n_segments: int) -> str:
+def segment_rows_path(out: str, shard: io.Shard, seg: Segment, n_segments: int) -> str:
     """Work rows a step writes: the last step's are ``<shard>.rows.parquet`` (read by the
     global step's phase 2), an earlier step's ``<shard>.step<j>.parquet`` (read by step j+1)."""
     if seg.index == n_segments - 1:
@@ -75,7 +76,7 @@ def segment_rows_path(out: str, shard: io.Shard, seg: "Segment", n_segments: int
     return io.join(out, S.WORK_DIR, f"{shard.name}.step{seg.index}.parquet")
 
 
-def segment_manifest_path(out: str, shard: io.Shard, seg: "Segment", n_segments: int) -> str:
+def segment_manifest_path(out: str, shard: io.Shard, seg: Segment, n_segments: int) -> str:
     if seg.index == n_segments - 1:
         return p1_manifest_path(out, shard)
     return io.join(out, S.WORK_DIR, f"{shard.name}.step{seg.index}.json")

@@ -11,10 +11,12 @@ import glob as _glob
 import json
 import os
 import uuid
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from thresher.schemas.documents import InputError
 
 
@@ -301,5 +303,4 @@ def iter_batches(path: str, batch_rows: int, columns: Optional[list[str]] = None
             t = pf.read_row_group(rg, columns=columns)
         except Exception as e:
             raise InputError(f"{path}: row group {rg} cannot be read ({type(e).__name__}: {e})") from None
-        for b in t.to_batches(max_chunksize=batch_rows):
-            yield b
+        yield from t.to_batches(max_chunksize=batch_rows)

@@ -32,7 +32,8 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
+
 from thresher.pipelines import io as _io
 from thresher.pipelines.io import is_remote
 
@@ -65,7 +67,7 @@ class ModelTaskSpec:
 
     @classmethod
     def make(cls, task: str, model: str, *, text_column: str = "text", head: Optional[str] = None,
-             weights_dtype: Optional[str] = None, **options: Any) -> "ModelTaskSpec":
+             weights_dtype: Optional[str] = None, **options: Any) -> ModelTaskSpec:
         opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()
                             if v is not None))
         return cls(task, model, opts, text_column, head, weights_dtype)
@@ -99,7 +101,7 @@ class StageTaskSpec:
 
     @classmethod
     def make(cls, stage: str, params: dict, *, text_column: str = "text",
-             column_prefix: Optional[str] = None) -> "StageTaskSpec":
+             column_prefix: Optional[str] = None) -> StageTaskSpec:
         return cls(stage, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())),
                    text_column, column_prefix)
 
@@ -357,5 +359,5 @@ def query_counters(result) -> dict[str, int]:
     return out
 
 
-__all__ = ["ModelTaskSpec", "StageTaskSpec", "acquire_task", "is_remote", "ScoreTableDoFn", "ScoreTables", "ScoreShardDoFn", "TextTaskModelHandler",
-           "output_path", "query_counters", "NAMESPACE"]
+__all__ = ["ModelTaskSpec", "StageTaskSpec", "acquire_task", "is_remote", "ScoreTableDoFn", "ScoreTables",
+           "ScoreShardDoFn", "TextTaskModelHandler", "output_path", "query_counters", "NAMESPACE"]

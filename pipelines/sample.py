@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from fractions import Fraction
 from random import Random
-from typing import Callable, Optional
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -10,10 +10,12 @@ shuffle; document text stays inside the worker that reads its shard.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import apache_beam as beam
 import pyarrow as pa
+
 from thresher.pipelines import engine as E
 from thresher.pipelines import io
 from thresher.schemas import columns as C
@@ -48,8 +50,7 @@ class Phase1(_ShardDoFn):
     """Local stages + key extraction, every step in this worker. Emits (global stage index, key file path)."""
 
     def process(self, shard: io.Shard):
-        for k, path in self.proc.phase1(shard).items():
-            yield (k, path)
+        yield from self.proc.phase1(shard).items()
 
 
 KEYS_TAG = "keys"

@@ -184,7 +184,8 @@ def parse_config(raw: Any, *, source: str = "config") -> Config:
         sid = s.pop("id", name)
         _expect(f"{key}.id", sid, str, "a string")
         if sid in seen or sid == "input":
-            raise ConfigError(f"{key}.id", f"stage id {sid!r} is used twice (stages[{seen.get(sid)}]); give one an 'id'")
+            raise ConfigError(f"{key}.id", f"stage id {sid!r} is used twice (stages[{seen.get(sid)}]); "
+                                           f"give one an 'id'")
         if "." in sid:
             raise ConfigError(f"{key}.id", f"stage id {sid!r} must not contain '.'")
         seen[sid] = i

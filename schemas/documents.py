@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pyarrow as pa
+
 from thresher.schemas import columns as C
 
 TEXT_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())

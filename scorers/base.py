@@ -12,7 +12,8 @@ and reports the exact config key at fault.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar, Optional
 
 import pyarrow as pa
 

@@ -17,9 +17,8 @@ import pytest
 from conftest import ROOT, corpus, local_run
 
 import thresher
-from thresher.pipelines import api
+from thresher.pipelines import api, stage_docs
 from thresher.pipelines import engine as E
-from thresher.pipelines import stage_docs
 from thresher.schemas.config import ConfigError
 from thresher.scorers import registry
 from thresher.scorers.base import Column, LocalStage, StageContractError, StageOutput

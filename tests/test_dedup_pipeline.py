@@ -61,7 +61,7 @@ def test_near_duplicates_annotated_and_layout_independent(tmp_path, nd_shards):
     n_nd = con.execute(f"select count(*) from read_parquet('{out}/rejected/*.parquet') "
                        f"where reason = 'minhash_dedup.near_duplicate'").fetchone()[0]
     assert n_nd > 100 and len(rows) == n_nd
-    for rid, dup, cid, csz, kcid, kcsz in rows:
+    for _rid, dup, cid, csz, kcid, kcsz in rows:
         assert cid == dup == kcid and csz == kcsz >= 2
     # kept survivor is the longest member of its cluster
     bad = con.execute(f"""select count(*) from read_parquet('{out}/rejected/*.parquet') r

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import corpus, local_run
+
 from thresher.pipelines.api import ReconciliationError, plan
 from thresher.schemas.config import ConfigError
 from thresher.schemas.documents import InputError
@@ -255,6 +256,7 @@ def test_apply_stages_ptransform_in_a_user_pipeline(tmp_path):
     import apache_beam as beam
     import pyarrow.compute as pc
     from apache_beam.options.pipeline_options import PipelineOptions
+
     from thresher.pipelines.transforms import ApplyStages
     t = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 600)
     batches = [t.slice(0, 250), t.slice(250)]

@@ -21,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from thresher.scorers.filters import language as LANG
-from thresher.scorers.filters import toxicity as TOXS
+
 from thresher.scorers.classifiers import fasttext_native as fn
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.classifiers.fasttext_native import NativeFastText
+from thresher.scorers.filters import language as LANG
+from thresher.scorers.filters import toxicity as TOXS
 from thresher.scorers.filters.language import LanguageStage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from thresher.schemas import columns as C
 from thresher.scorers.base import ParamError
 from thresher.scorers.filters import c4 as HC4

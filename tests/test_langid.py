@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from thresher.scorers.filters import language as F
+
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.filters import language as F
 from thresher.scorers.filters.language import LanguageStage
 
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))

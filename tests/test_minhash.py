@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+
 from thresher.schemas import columns as C
-from thresher.scorers.dedup import keys as D
 from thresher.scorers.base import ParamError
 from thresher.scorers.dedup import components as CC
+from thresher.scorers.dedup import keys as D
 from thresher.scorers.dedup import lsh as LSH
 from thresher.scorers.dedup import minhash as M
 

@@ -18,6 +18,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
+
 from thresher.pipelines import model_beam  # noqa: E402
 from thresher.pipelines.commands.score import main as score_main  # noqa: E402
 from thresher.pipelines.model_beam import (  # noqa: E402

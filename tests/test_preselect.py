@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import corpus, local_run
+
 from thresher.schemas.config import ConfigError
 from thresher.scorers.selection.select import top_fraction
 from thresher.scorers.training.preselect import predictive_strength, select_labels
@@ -178,6 +179,7 @@ def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
     pq.write_table(fort, pool / "fortunes.parquet")
     out = tmp_path / "ps"
     import yaml
+
     from thresher.pipelines.cli import main
     cfg = tmp_path / "preselect.yaml"
     cfg.write_text(yaml.safe_dump({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},

@@ -10,6 +10,7 @@ import sys
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+
 from thresher.pipelines import sample
 
 N = 2000

@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from thresher.pipelines.commands import toxicity as TCMD
-from thresher.scorers.filters import toxicity as F
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
+from thresher.scorers.filters import toxicity as F
 from thresher.scorers.filters import toxicity as T
-from thresher.scorers.text.langcodes import normalize_language
 from thresher.scorers.filters.toxicity import (
     ToxicityStage,
     WordListScorer,
@@ -28,6 +28,7 @@ from thresher.scorers.filters.toxicity import (
     load_wordlists,
     match_wordlist,
 )
+from thresher.scorers.text.langcodes import normalize_language
 from thresher.scorers.training import toxicity as TT
 from thresher.scorers.training.toxicity import train_toxicity_classifier
 

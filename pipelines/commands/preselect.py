@@ -29,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from thresher.pipelines import io
 from thresher.schemas.config import ConfigError, load_config_file
 from thresher.schemas.documents import InputError

@@ -20,7 +20,8 @@ import os
 import re
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 TASK_NAMES = ("causal_lm_loss", "encoder_score", "generate")
 #: the model stage that runs each task
@@ -42,9 +43,9 @@ def resolve_inputs(spec: str) -> list[str]:
     try:
         files = discover(os.path.expanduser(spec))
     except InputError as e:
-        raise SystemExit(f"thresher score: {e}")
+        raise SystemExit(f"thresher score: {e}") from None
     except Exception as e:  # noqa: BLE001 - report any filesystem error as a usage error
-        raise SystemExit(f"thresher score: cannot list {spec!r}: {e}")
+        raise SystemExit(f"thresher score: cannot list {spec!r}: {e}") from None
     if not files:
         raise SystemExit(f"thresher score: no Parquet files under {spec!r}")
     return _unique_names(files)
@@ -165,6 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _ = kind
 
     import pyarrow.parquet as pq
+
     from thresher.pipelines.model_beam import _open_read
 
     with _open_read(inputs[0]) as f:
@@ -174,6 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+
     from thresher.pipelines.model_beam import ScoreShardDoFn, StageTaskSpec, query_counters
 
     spec = StageTaskSpec.make(cls.name, {k: v for k, v in params.items() if v is not None},

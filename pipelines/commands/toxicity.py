@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from thresher.scorers.training.toxicity import train_toxicity_classifier
 

@@ -47,12 +47,13 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.scorers.text.arrays import as_string_array
+
 from thresher.scorers.classifiers.fasttext_util import (
     LABEL_PREFIX,
     FastTextModelError,
     check_model_file,
 )
+from thresher.scorers.text.arrays import as_string_array
 
 __all__ = ["NativeFastText", "LOSS_NAMES"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from thresher.scorers.dedup import lsh as M
 
 _MASK32 = 0xFFFFFFFF

@@ -118,7 +118,7 @@ def star_components(n: int, u: np.ndarray, v: np.ndarray, max_rounds: int = 200,
     and Beyond", 2014). Labels are the component minimum, as in :func:`union_find`."""
     eu, ev = small_star(np.asarray(u, np.int64), np.asarray(v, np.int64))
     rounds = 0
-    for rounds in range(1, max_rounds + 1):
+    for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is returned
         lu, lv = large_star(eu, ev)
         su, sv = small_star(lu, lv)
         if np.array_equal(su, eu) and np.array_equal(sv, ev):

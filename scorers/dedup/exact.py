@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.schemas import columns as C
 from thresher.scorers.base import (
     Column,
@@ -14,7 +15,6 @@ from thresher.scorers.base import (
 )
 from thresher.scorers.registry import register
 from thresher.scorers.text.hashing import normalize_text, stable_id_hash, xxh128_hex
-
 
 EXACT_HASH = "exact_hash"
 

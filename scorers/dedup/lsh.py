@@ -85,8 +85,9 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from thresher.scorers.text.arrays import as_string_array
+
 from thresher.scorers.dedup.components import star_components, union_find
+from thresher.scorers.text.arrays import as_string_array
 
 U64 = np.uint64
 _M64 = (1 << 64) - 1
@@ -904,7 +905,7 @@ def signatures(texts: Any, *, num_perm: int = 112, seed: int = 1, shingle: str =
     return (out, counts) if return_counts else out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_available() -> bool:
     import shutil
     if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")

@@ -1,14 +1,16 @@
 """``minhash_dedup``: the MinHash-LSH near-duplicate stage (see :mod:`thresher.scorers.dedup.lsh`)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.schemas import columns as C
-from thresher.scorers.dedup import keys as D
 from thresher.scorers.base import Column, Decisions, GlobalStage, Param, ParamError, between, one_of
+from thresher.scorers.dedup import keys as D
 from thresher.scorers.dedup.components import star_components, union_find
 from thresher.scorers.dedup.lsh import (
     _BAND_MUL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.schemas import columns as C
 from thresher.scorers.base import (
     Column,
@@ -13,6 +14,7 @@ from thresher.scorers.base import (
     one_of,
 )
 from thresher.scorers.filters.rules import (
+    SKIPPED_DOC,
     _int_col,
     _lt,
     _positive_or_none,
@@ -88,7 +90,7 @@ class C4(_RuleStage):
         Column("c4_lines_too_few_words", pa.int64(), "lines removed for fewer than min_words_per_line words"),
         Column("c4_lines_javascript", pa.int64(), "lines removed for mentioning javascript"),
         Column("c4_lines_policy", pa.int64(), "lines removed for terms-of-use/cookie phrases"),
-        Column("c4_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+        Column("c4_skipped", pa.string(), SKIPPED_DOC),
     )
     params = {
         "mode": Param(str, "clean_and_filter", "clean_and_filter: rewrite kept documents; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.base import (
     Column,
     Param,
@@ -11,6 +12,7 @@ from thresher.scorers.base import (
     between,
 )
 from thresher.scorers.filters.rules import (
+    SKIPPED_DOC,
     _float_col,
     _frac_param,
     _gt,
@@ -55,7 +57,7 @@ class FineWeb(_RuleStage):
         Column("fineweb_short_line_ratio", pa.float64(), "fraction of short lines"),
         Column("fineweb_char_dup_ratio", pa.float64(), "character fraction in duplicate lines"),
         Column("fineweb_newline_ratio", pa.float64(), "newlines per word"),
-        Column("fineweb_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+        Column("fineweb_skipped", pa.string(), SKIPPED_DOC),
     )
     params = {
         "min_line_punct_ratio": _frac_param(0.12, "minimum fraction of lines ending in terminal punctuation"),

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.base import (
     Column,
     Param,
@@ -13,6 +14,7 @@ from thresher.scorers.base import (
     StageOutput,
 )
 from thresher.scorers.filters.rules import (
+    SKIPPED_DOC,
     _doc_languages,
     _float_col,
     _frac_param,
@@ -75,7 +77,7 @@ class GopherQuality(_RuleStage):
         Column("gopher_quality_ellipsis_lines", pa.float64(), "fraction of lines ending with an ellipsis"),
         Column("gopher_quality_alpha_words", pa.float64(), "fraction of words with a letter"),
         Column("gopher_quality_stop_words", pa.int64(), "distinct stop words present"),
-        Column("gopher_quality_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),
+        Column("gopher_quality_skipped", pa.string(), SKIPPED_DOC),
     )
     params = {
         "min_words": Param(int, 50, "minimum number of non-symbol words", check=_positive_or_none,

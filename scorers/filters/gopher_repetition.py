@@ -6,11 +6,13 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.base import (
     Column,
     StageOutput,
 )
 from thresher.scorers.filters.rules import (
+    SKIPPED_DOC,
     _float_col,
     _frac_param,
     _gt,
@@ -203,7 +205,21 @@ def _scan_doc(P, g, pdoc, d, n, cum) -> float:
     return float(total)
 
 
-_REP_DOC = {'dup_para_frac': 'fraction of paragraphs that duplicate an earlier one', 'dup_para_char_frac': 'character fraction in duplicate paragraphs', 'dup_line_frac': 'fraction of lines that duplicate an earlier one', 'dup_line_char_frac': 'character fraction in duplicate lines', 'top_2_gram': 'character share of the most frequent 2-gram', 'top_3_gram': 'character share of the most frequent 3-gram', 'top_4_gram': 'character share of the most frequent 4-gram', 'dup_5_gram': 'character share of duplicated 5-grams', 'dup_6_gram': 'character share of duplicated 6-grams', 'dup_7_gram': 'character share of duplicated 7-grams', 'dup_8_gram': 'character share of duplicated 8-grams', 'dup_9_gram': 'character share of duplicated 9-grams', 'dup_10_gram': 'character share of duplicated 10-grams'}
+_REP_DOC = {
+    'dup_para_frac': 'fraction of paragraphs that duplicate an earlier one',
+    'dup_para_char_frac': 'character fraction in duplicate paragraphs',
+    'dup_line_frac': 'fraction of lines that duplicate an earlier one',
+    'dup_line_char_frac': 'character fraction in duplicate lines',
+    'top_2_gram': 'character share of the most frequent 2-gram',
+    'top_3_gram': 'character share of the most frequent 3-gram',
+    'top_4_gram': 'character share of the most frequent 4-gram',
+    'dup_5_gram': 'character share of duplicated 5-grams',
+    'dup_6_gram': 'character share of duplicated 6-grams',
+    'dup_7_gram': 'character share of duplicated 7-grams',
+    'dup_8_gram': 'character share of duplicated 8-grams',
+    'dup_9_gram': 'character share of duplicated 9-grams',
+    'dup_10_gram': 'character share of duplicated 10-grams',
+}
 
 
 @register
@@ -237,7 +253,7 @@ class GopherRepetition(_RuleStage):
     reasons = RULES
     default_order = 30
     columns = tuple(Column(f"gopher_repetition_{r}", pa.float64(), _REP_DOC[r]) for r in RULES) + (
-        Column("gopher_repetition_skipped", pa.string(), "comma-separated rules that could not apply to the row (null: none skipped)"),)
+        Column("gopher_repetition_skipped", pa.string(), SKIPPED_DOC),)
     params = {
         "max_dup_para_frac": _frac_param(0.3, "maximum fraction of duplicate paragraphs"),
         "max_dup_para_char_frac": _frac_param(0.2, "maximum character fraction in duplicate paragraphs"),

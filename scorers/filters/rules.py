@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.base import (
     LocalStage,
     Param,
@@ -49,6 +50,10 @@ STOP_WORDS: dict[str, tuple[str, ...]] = {
     "nl": ("de", "het", "een", "en", "van", "dat", "is", "met", "te", "niet"),
     "ru": ("и", "в", "не", "на", "что", "с", "как", "это", "по", "он"),
 }
+
+#: the doc of every rule stage's ``<stage>_skipped`` column
+SKIPPED_DOC = "comma-separated rules that could not apply to the row (null: none skipped)"
+
 
 def _doc_languages(batch: Optional[pa.Table], column: str, n: int) -> tuple[np.ndarray, list[str]]:
     """(language index per row, normalized language codes). Rows without a language (no

@@ -51,11 +51,13 @@ import math
 import os
 import re
 import unicodedata
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.base import (
     Column,
     LocalStage,
@@ -500,7 +502,7 @@ class LinearModel:
         return [jp, npzp]
 
     @classmethod
-    def load(cls, path: str) -> "LinearModel":
+    def load(cls, path: str) -> LinearModel:
         d = path if os.path.isdir(path) else os.path.dirname(path)
         jp, npzp = os.path.join(d, "linear.json"), os.path.join(d, "linear.npz")
         for p in (jp, npzp):

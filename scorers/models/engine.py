@@ -23,7 +23,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class EngineStats:
         """Fraction of the padded batch area that was padding."""
         return 1.0 - self.processed_tokens / self.padded_tokens if self.padded_tokens else 0.0
 
-    def add(self, other: "EngineStats") -> "EngineStats":
+    def add(self, other: EngineStats) -> EngineStats:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self

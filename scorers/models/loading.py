@@ -32,7 +32,8 @@ import os
 import shutil
 import struct
 import tempfile
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -182,7 +183,7 @@ class LoadedModel:
     def is_torch(self) -> bool:
         return isinstance(self.model, nn.Module)
 
-    def to(self, device: torch.device) -> "LoadedModel":
+    def to(self, device: torch.device) -> LoadedModel:
         if self.is_torch:
             self.model.to(device)
         if self.head is not None:
@@ -191,7 +192,7 @@ class LoadedModel:
 
     @classmethod
     def wrap(cls, model: Any, tokenizer: Any = None, kind: Optional[str] = None,
-             head: Optional[EncoderHead] = None, **kw: Any) -> "LoadedModel":
+             head: Optional[EncoderHead] = None, **kw: Any) -> LoadedModel:
         """Wrap in-memory objects (tests, benchmarks, notebooks)."""
         if kind is None:
             if head is not None:
@@ -285,7 +286,8 @@ def _weights_layout(directory: str) -> tuple[str, list[str]]:
     pk = [os.path.join(directory, n) for n in _PICKLE_WEIGHTS if os.path.isfile(os.path.join(directory, n))]
     if pk:
         return "pickle", pk
-    others = [n for n in os.listdir(directory) if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack"))]
+    pickled = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")
+    others = [n for n in os.listdir(directory) if n.endswith(pickled)]
     if others:
         raise UnsafeCheckpointError(f"{directory}: weights only in {sorted(others)}; thresher loads "
                                     f"*.safetensors or pytorch_model.bin (weights-only)")

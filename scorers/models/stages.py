@@ -57,7 +57,7 @@ MODEL_PARAMS: dict[str, Param] = {
                          nullable=True),
 }
 
-_CACHE: dict[str, "_Loaded"] = {}
+_CACHE: dict[str, _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
 #: how many times a model stage built its task in this process (tests check one load per process)
 BUILD_COUNT = 0
@@ -98,7 +98,7 @@ class ModelStage(LocalStage):
         opts.update({k: v for k, v in extra.items() if v is not None})
         return opts
 
-    def load(self, **extra: Any) -> "_Loaded":
+    def load(self, **extra: Any) -> _Loaded:
         """The task for this stage's model and options, built once per process (one cache
         for ``thresher run`` and ``thresher score``) and shared by the worker's threads."""
         opts = self.task_options(**extra)

@@ -27,12 +27,14 @@ import logging
 import math
 import re
 import time
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+
 from thresher.schemas import models as M
 from thresher.scorers.models.engine import Engine
 from thresher.scorers.models.loading import (
@@ -285,7 +287,7 @@ class CausalLMLoss(ModelTask):
         if prepend_bos and bos is None:
             raise ValueError("prepend_bos=True but the tokenizer has no BOS or EOS token")
         self.bos_id = bos if prepend_bos else None
-        self.pad_id = next((x for x in (tok.pad_token_id, tok.eos_token_id, 0) if x is not None))
+        self.pad_id = next(x for x in (tok.pad_token_id, tok.eos_token_id, 0) if x is not None)
         mt = getattr(model.model.config, "model_type", "")
         plain = mt in _PLAIN_LM_HEAD and not any(
             getattr(model.model.config, a, None) for a in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
@@ -547,7 +549,7 @@ class Generate(ModelTask):
         if template not in ("chat", "fallback", "none") and "{user}" not in template:
             raise ValueError("a custom template must contain {user}")
         self.template = template
-        self.pad_id = next((x for x in (tok.pad_token_id, tok.eos_token_id, 0) if x is not None))
+        self.pad_id = next(x for x in (tok.pad_token_id, tok.eos_token_id, 0) if x is not None)
         overhead = len(self._prompt_ids([""])[0])
         maxpos = model.max_positions or (MAX_DEFAULT_LM_CONTEXT * 4)
         room = maxpos - self.max_new_tokens - overhead

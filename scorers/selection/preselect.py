@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from thresher.scorers.base import Column, Param, ParamError, one_of
 from thresher.scorers.registry import register
 from thresher.scorers.selection.select import ScoreThenSelect

@@ -33,7 +33,8 @@ from thresher.scorers.text.hashing import stable_id_hash
 MODES = ("threshold", "top_fraction_chars", "top_fraction_docs", "top_k")
 
 
-def top_fraction(scores: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
+def top_fraction(scores: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray,
+                 fraction: float) -> tuple[np.ndarray, float]:
     """Boolean mask of the highest-scoring rows whose weight sum first reaches
     ``fraction`` of the total, and the score threshold (the lowest selected score).
 

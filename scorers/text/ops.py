@@ -584,7 +584,7 @@ def _infix(a: pa.Array) -> pa.Array:
     for rule in _INFIX_PASSES:
         # twice: a match consumes its right context ("a-b-c")
         for _ in range(2):
-            a = _on(to_bool(pc.match_substring_regex(a, rule[0])), a, lambda x: _replace(x, rule))
+            a = _on(to_bool(pc.match_substring_regex(a, rule[0])), a, lambda x, rule=rule: _replace(x, rule))
     a = _on(to_bool(pc.match_substring_regex(a, _INFIX_ANY[0])), a, lambda x: _replace(x, _INFIX_ANY))
     # a single lower-case letter split off keeps its dot ("a.C." -> "a. C.")
     return _on(to_bool(pc.match_substring_regex(a, _LETTER_DOT[0])), a, lambda x: _replace(x, _LETTER_DOT))

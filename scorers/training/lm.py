@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ def train_causal_lm(model, tokenizer, texts: Sequence[str], *, steps: Optional[i
     order = torch.randperm(n_blocks, generator=g)
     pos = 0
     last = float("nan")
-    for step in range(steps):
+    for _ in range(steps):
         if pos + batch_size > n_blocks:
             order = torch.randperm(n_blocks, generator=g)
             pos = 0

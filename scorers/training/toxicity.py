@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.filters.toxicity import (
     PREPROCESS,
