@@ -5,9 +5,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-CORPORA = os.path.join(SHARED, "corpora")
+CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(SHARED, "corpora"))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+
+def bench(name: str, alias: str = ""):
+    """Import ``benchmarks/<name>.py`` (tests reuse the benchmarks' model builders and data)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(alias or f"thresher_bench_{name}", os.path.join(BENCHMARKS, name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

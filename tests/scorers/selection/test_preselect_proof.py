@@ -5,14 +5,15 @@ import math
 import os
 
 import pytest
-from conftest import corpus
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
+from conftest import (
+    ROOT,  # noqa: E402
+    corpus,
+)
 
 
 def _bench():
     spec = importlib.util.spec_from_file_location(
-        "thresher_bench_preselect_proof", os.path.join(_HERE, "..", "benchmarks", "preselect_proof.py"))
+        "thresher_bench_preselect_proof", os.path.join(ROOT, "benchmarks", "preselect_proof.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import CORPORA  # noqa: E402
 
 from thresher.pipelines.commands import toxicity as TCMD
 from thresher.scorers.base import ParamError
@@ -32,7 +33,6 @@ from thresher.scorers.text.langcodes import normalize_language
 from thresher.scorers.training import toxicity as TT
 from thresher.scorers.training.toxicity import train_toxicity_classifier
 
-CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 TOX = os.path.join(CORPORA, "toxicity_labelled.parquet")
 needs_tox = pytest.mark.skipif(not os.path.exists(TOX), reason="shared corpora not available")
 

@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import CORPORA  # noqa: E402
 
 from thresher.scorers.base import ParamError
 from thresher.scorers.classifiers import fasttext_util as ftu
 from thresher.scorers.filters import language as F
 from thresher.scorers.filters.language import LanguageStage
 
-CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "corpora"))
 WIKI = os.path.join(CORPORA, "wiki_summaries.parquet")
 
 needs_corpora = pytest.mark.skipif(not os.path.exists(WIKI), reason="shared corpora not available")

@@ -21,6 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import (
+    CORPORA,  # noqa: E402
+    ROOT,  # noqa: E402
+)
 
 from thresher.scorers.classifiers import fasttext_native as fn
 from thresher.scorers.classifiers import fasttext_util as ftu
@@ -29,8 +33,6 @@ from thresher.scorers.filters import language as LANG
 from thresher.scorers.filters import toxicity as TOXS
 from thresher.scorers.filters.language import LanguageStage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(ROOT), "shared", "corpora"))
 TOX = os.path.join(CORPORA, "toxicity_labelled.parquet")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(TOX), reason="shared corpora not available")

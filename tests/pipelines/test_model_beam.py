@@ -18,6 +18,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
+from conftest import ROOT  # noqa: E402
 
 from thresher.pipelines import model_beam  # noqa: E402
 from thresher.pipelines.commands.score import main as score_main  # noqa: E402
@@ -29,9 +30,8 @@ from thresher.pipelines.model_beam import (  # noqa: E402
 from thresher.schemas import models as M  # noqa: E402
 from thresher.scorers.models import EncoderHead, build_task, save_encoder_head  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
-    "thresher_bench_model_scorers_b", os.path.join(_HERE, "..", "benchmarks", "model_scorers.py"))
+    "thresher_bench_model_scorers_b", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
 B = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(B)
 

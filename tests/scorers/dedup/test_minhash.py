@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import CORPORA  # noqa: E402
 
 from thresher.schemas import columns as C
 from thresher.scorers.base import ParamError
@@ -15,9 +16,6 @@ from thresher.scorers.dedup import components as CC
 from thresher.scorers.dedup import keys as D
 from thresher.scorers.dedup import lsh as LSH
 from thresher.scorers.dedup import minhash as M
-
-CORPORA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "shared", "corpora")
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ would interfere.
 from __future__ import annotations
 
 import collections
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ from thresher.scorers.filters import gopher_repetition as HR
 from thresher.scorers.text import ops as T
 
 STAGES = (H.GopherQuality, HR.GopherRepetition, HC4.C4, HFW.FineWeb)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 
 
 def run(stage, texts, **columns):

@@ -14,7 +14,8 @@ import pytest
 from thresher.pipelines import sample
 
 N = 2000
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
+
 STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from conftest import ROOT  # noqa: E402
+
 from thresher.schemas import models as M  # noqa: E402
 from thresher.scorers.models import (  # noqa: E402
     CheckpointError,
@@ -33,12 +35,10 @@ from thresher.scorers.models import (  # noqa: E402
 from thresher.scorers.models.engine import resolve_device  # noqa: E402
 from thresher.scorers.models.tasks import CausalLMLoss, EncoderScore, Generate  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def _bench():
     spec = importlib.util.spec_from_file_location(
-        "thresher_bench_model_scorers", os.path.join(_HERE, "..", "benchmarks", "model_scorers.py"))
+        "thresher_bench_model_scorers", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -18,16 +18,19 @@ pytest.importorskip("transformers")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
-from conftest import corpus, local_run  # noqa: E402
+from conftest import (  # noqa: E402
+    ROOT,  # noqa: E402
+    corpus,
+    local_run,
+)
 
 from thresher.pipelines import api  # noqa: E402
 from thresher.pipelines.transforms import CurateShards  # noqa: E402
 from thresher.scorers.models import EncoderHead, save_encoder_head  # noqa: E402
 from thresher.scorers.models import stages as MS  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
-    "thresher_bench_model_scorers_s", os.path.join(_HERE, "..", "benchmarks", "model_scorers.py"))
+    "thresher_bench_model_scorers_s", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
 B = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(B)
 
