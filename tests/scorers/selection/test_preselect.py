@@ -116,6 +116,21 @@ def test_stage_selects_global_top_chars_across_uneven_shards(tmp_path, style_cla
     assert styles.get("formal", 0) + styles.get("technical", 0) > 0.8 * sum(styles.values())
     g = json.load(open(os.path.join(out, "_global", "preselect.json")))
     assert g["mode"] == "top_fraction_chars" and abs(g["selected_char_fraction"] - 0.2) < 0.002
+    # the global step decides on the kept key files alone: no model is loaded for it
+    from thresher.pipelines import api as A
+    from thresher.pipelines import engine as E
+    from thresher.scorers.selection.preselect import PreSelect
+
+    def no_model(self):
+        raise AssertionError("compute must not load the classifier")
+    PreSelect.setup, real = no_model, PreSelect.setup
+    try:
+        p = A.plan({"input": str(inp), "output": out,
+                    "stages": [{"name": "preselect", "model": style_classifier, "top_fraction_chars": 0.2}]})
+        k, dec = E.compute_global(p, 0, [E.work_keys_path(out, s, 0) for s in p.shards], [])
+    finally:
+        PreSelect.setup = real
+    assert k == 0 and dec.num_rows == stats["rejected_rows"]
 
 
 def test_stage_threshold_and_docs_modes(tmp_path, style_classifier):
