@@ -74,6 +74,12 @@ class RunStep(_ShardDoFn):
 
 
 class Phase2(_ShardDoFn):
+    """Decisions applied to a shard's work rows; needs no model, so none is loaded."""
+
+    def setup(self):
+        self.proc = E.ShardProcessor(self.plan)
+        self.proc.build()
+
     def process(self, element):
         _, grouped = element
         shards = list(grouped["shard"])
