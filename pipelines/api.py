@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from thresher.pipelines import engine as E
 from thresher.pipelines import io
+from thresher.schemas import columns as C
 from thresher.schemas import stats as S
 from thresher.schemas.config import Config, ConfigError, load_config_file, parse_config
 from thresher.schemas.documents import InputError
@@ -66,9 +67,66 @@ def plan(config: Union[str, dict, Config], **overrides: Any) -> E.Plan:
     check_columns(stages)                    # one stage twice needs distinct ids (distinct columns)
     if cfg.input.id_column is None and io.first_schema_has(cfg.input.path, "id"):
         cfg.input.id_column = "id"          # an input column named "id" is the id
+    check_runner(cfg.runner)
     shards = io.describe_shards(cfg.input.path, cfg.input.text_column, cfg.input.id_column,
                                 exclude=cfg.output.path)
-    return E.Plan(cfg.to_dict(), shards, cfg.fingerprint())
+    preflight(cfg, stages, shards)
+    return E.Plan(cfg.to_dict(), shards, run_fingerprint(cfg, shards))
+
+
+def run_identity(cfg: Config, shards: list) -> dict[str, Any]:
+    """What makes two runs the same run: every config value that changes outputs, and the
+    input's identity (each shard's path relative to the input root, size and footer digest)."""
+    d = cfg.to_dict()
+    return {"config": {"input": {k: v for k, v in d["input"].items() if k != "path"},
+                       "output": {"compression": d["output"]["compression"]}, "stages": d["stages"]},
+            "shards": [{"rel": s.rel, "size": s.size, "fingerprint": s.fingerprint} for s in shards]}
+
+
+def run_fingerprint(cfg: Config, shards: list) -> str:
+    import hashlib
+    import json
+    blob = json.dumps(run_identity(cfg, shards), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: runner names Beam resolves itself (lower-cased), plus thresher's local aliases
+def check_runner(runner: str) -> None:
+    """A runner name Beam knows (or a dotted class path); else a config error with a hint."""
+    if runner in LOCAL_RUNNERS or "." in runner:
+        return
+    from apache_beam.runners.runner import _RUNNER_MAP
+    known = {name.lower(): name for name in list(_RUNNER_MAP) + list(LOCAL_RUNNERS)}
+    for canonical in ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner",
+                      "PrismRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner",
+                      "InteractiveRunner", "TestDataflowRunner", "TestDirectRunner"):
+        known[canonical.lower()] = canonical
+    if runner.lower() in known or runner.lower() + "runner" in known:
+        return
+    from thresher.schemas.config import did_you_mean
+    raise ConfigError("runner", f"unknown Beam runner {runner!r}{did_you_mean(runner, sorted(set(known.values())))}; "
+                                f"known: {', '.join(sorted(set(known.values())))}")
+
+
+def preflight(cfg: Config, stages: list, shards: list) -> None:
+    """Every check a stage can make before any document is read: against the input
+    schema, the columns earlier stages declare, its model files, the device."""
+    import pyarrow.parquet as pq_
+
+    from thresher.scorers.base import ParamError, PreflightContext
+    with io.open_read(shards[0].path) as f:
+        schema = pq_.ParquetFile(f).schema_arrow
+    cols = set(schema.names) | {cfg.input.id_column or C.ID}
+    local = cfg.runner in LOCAL_RUNNERS or cfg.runner in ("FnApiRunner", "SwitchingDirectRunner",
+                                                          "BundleBasedDirectRunner")
+    for k, st in enumerate(stages):
+        ctx = PreflightContext(input_schema=schema, columns=frozenset(cols), text_column=cfg.input.text_column,
+                               local=local)
+        try:
+            st.preflight(ctx)
+        except ParamError as e:
+            raise ConfigError(f"stages[{k}].{e.key}", e.message) from None
+        cols |= {f.name for f in st.fields()}
 
 
 #: below this many input rows the local runner uses one in-process worker: starting
@@ -101,39 +159,106 @@ def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None, total_
 
 
 class Progress:
-    """Polls the manifests directory: shards done of total, documents per second."""
+    """Live progress of a local run, by phase, from the files the workers write (so it
+    works with any local runner and worker count): the manifests of the step that
+    extracts global keys (``_work/<shard>.p1.json``), each global step's
+    ``_global/<id>.json``, and the shard manifests (``_manifests/``). Documents per second
+    and the time left, as a ``tqdm`` bar on a terminal and as plain lines otherwise (a
+    line when something changed, at most every ``interval`` seconds, and a heartbeat
+    every ``heartbeat`` seconds while a phase has nothing to count, e.g. a global step)."""
 
-    def __init__(self, p: E.Plan, stream=sys.stderr, interval: float = 1.0, enabled: bool = True):
-        self.p, self.stream, self.interval, self.enabled = p, stream, interval, enabled
+    def __init__(self, p: E.Plan, stream=sys.stderr, interval: float = 1.0, enabled: bool = True,
+                 heartbeat: float = 10.0, tty: Optional[bool] = None):
+        self.p, self.stream, self.interval, self.enabled, self.heartbeat = p, stream, interval, enabled, heartbeat
         self._stop = threading.Event()
         self.t0 = time.time()
-        self._last = None
+        self.total_rows = sum(s.num_rows for s in p.shards)
+        self.rows_of = {s.name: s.num_rows for s in p.shards}
+        proc = E.ShardProcessor(p)
+        stages = proc.build()
+        self.global_ids = [st.id for st in stages if st.kind == "global"]
+        self.two_phase = not proc.single_phase
+        self.tty = (getattr(stream, "isatty", lambda: False)() if tty is None else tty)
+        self._bar = None
+        self._phase = None
+        self._phase_t0 = self.t0
+        self._phase_rows0 = 0
+        self._last_line = 0.0
+        self._last_state = None
 
-    def _poll(self) -> tuple[int, int]:
-        names = {s.name for s in self.p.shards}
+    def _count(self, directory: str, suffix: str) -> tuple[int, int]:
         done = rows = 0
-        for path in io.list_dir(io.join(self.p.out, S.MANIFEST_DIR), ".json"):
-            name = os.path.basename(path)[:-5]
-            if name in names:
+        for path in io.list_dir(directory, suffix):
+            name = os.path.basename(path)[: -len(suffix)]
+            if name in self.rows_of:
                 m = io.read_json(path) or {}
-                if m.get("fingerprint", "").startswith(self.p.fingerprint):
+                if str(m.get("fingerprint", "")).startswith(self.p.fingerprint):
                     done += 1
-                    rows += int(m.get("rows_in", 0))
+                    rows += self.rows_of[name]
         return done, rows
+
+    def state(self) -> tuple[str, int, int]:
+        """(phase, shards done in it, documents done in it)."""
+        out = self.p.out
+        final = self._count(io.join(out, S.MANIFEST_DIR), ".json")
+        if not self.two_phase:
+            return "stages", final[0], final[1]
+        if final[0]:
+            return "applying decisions and writing", final[0], final[1]
+        p1 = self._count(io.join(out, S.WORK_DIR), ".p1.json")
+        if p1[0] < len(self.p.shards):
+            return "local stages and keys", p1[0], p1[1]
+        for gid in self.global_ids:
+            if not io.exists(io.join(out, S.GLOBAL_DIR, f"{gid}.json")):
+                return f"global step {gid}", 0, 0
+        return "applying decisions and writing", final[0], final[1]
+
+    def _line(self, phase: str, done: int, rows: int, now: float) -> str:
+        el = now - self.t0
+        if phase.startswith("global step"):
+            return f"[thresher] {phase}: running · {now - self._phase_t0:.0f}s in this step · {el:.0f}s"
+        dt = max(now - self._phase_t0, 1e-6)
+        rate = (rows - self._phase_rows0) / dt
+        left = (self.total_rows - rows) / rate if rate > 0 else None
+        eta = f" · ETA {left:.0f}s" if left is not None and done < len(self.p.shards) else ""
+        return (f"[thresher] {phase}: shards {done}/{len(self.p.shards)} · {rows:,}/{self.total_rows:,} docs · "
+                f"{rate:,.0f} docs/s{eta} · {el:.1f}s")
 
     def _print(self, final: bool = False) -> None:
         try:
-            done, rows = self._poll()
+            phase, done, rows = self.state()
         except Exception:
             return
-        state = (done, rows)
-        if state == self._last and not final:
+        now = time.time()
+        if phase != self._phase:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            self._phase, self._phase_t0 = phase, (now if not final else self.t0)
+            self._phase_rows0 = rows if not final else 0
+        if self.tty:
+            self._tty(phase, done, rows)
             return
-        self._last = state
-        dt = max(time.time() - self.t0, 1e-6)
-        self.stream.write(f"[thresher] shards {done}/{len(self.p.shards)} · {rows:,} docs · "
-                          f"{rows / dt:,.0f} docs/s · {dt:.1f}s\n")
-        self.stream.flush()
+        state = (phase, done, rows)
+        quiet_for = now - self._last_line
+        if (state != self._last_state and quiet_for >= self.interval) or quiet_for >= self.heartbeat or final:
+            if final and state == self._last_state:
+                return
+            self.stream.write(self._line(phase, done, rows, now) + "\n")
+            self.stream.flush()
+            self._last_line, self._last_state = now, state
+
+    def _tty(self, phase: str, done: int, rows: int) -> None:
+        from tqdm import tqdm
+        if self._bar is None:
+            total = None if phase.startswith("global step") else self.total_rows
+            self._bar = tqdm(total=total, desc=f"thresher {phase}", unit="docs", unit_scale=True,
+                             file=self.stream, leave=False, dynamic_ncols=True)
+            self._bar.n = 0
+        if self._bar.total is not None:
+            self._bar.n = rows
+            self._bar.set_postfix_str(f"shards {done}/{len(self.p.shards)}", refresh=False)
+        self._bar.refresh()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -149,22 +274,100 @@ class Progress:
         self._stop.set()
         if self.enabled and not io.is_remote(self.p.out):
             self.th.join(timeout=2)
+            if exc[0] is None:
+                self._print(final=True)
+            if self._bar is not None:
+                self._bar.close()
+
+
+def _claimed(out: str, fingerprint: str) -> bool:
+    """Did the run with ``fingerprint`` complete at least one shard here?"""
+    for path in io.list_dir(io.join(out, S.MANIFEST_DIR), ".json"):
+        m = io.read_json(path) or {}
+        if str(m.get("fingerprint", "")).startswith(fingerprint + ":"):
+            return True
+    return False
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: d}
+
+
+def identity_diff(prev: dict, cur: dict, limit: int = 4) -> str:
+    """Human-readable difference of two run identities: the config keys and shards that differ."""
+    parts = []
+    a, b = _flatten(prev.get("config", {})), _flatten(cur.get("config", {}))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    for k in keys[:limit]:
+        parts.append(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    if len(keys) > limit:
+        parts.append(f"{len(keys) - limit} more config keys")
+    ps = {s["rel"]: s for s in prev.get("shards", [])}
+    cs = {s["rel"]: s for s in cur.get("shards", [])}
+    added = sorted(set(cs) - set(ps))
+    removed = sorted(set(ps) - set(cs))
+    changed = sorted(r for r in set(ps) & set(cs) if ps[r] != cs[r])
+    for what, names in (("shards only in this run", added), ("shards only in the previous run", removed),
+                        ("shards whose content changed", changed)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{what}: {shown}")
+    return "; ".join(parts) or "the previous run has no recorded identity"
+
+
+_RUN_FILES = (S.KEPT_DIR, S.REJECTED_DIR, S.MANIFEST_DIR, S.WORK_DIR, S.GLOBAL_DIR, S.STATS_FILE, S.LOG_DIR)
 
 
 def _check_output_dir(p: E.Plan, cfg: Config) -> None:
+    """An output directory holds one run's files. The same run resumes; another run is
+    refused (naming what differs) unless ``overwrite``, which removes the previous run's
+    files first; a previous run that completed no shard did not claim the directory."""
     out = p.out
     io.makedirs(out)
     run_file = io.join(out, S.RUN_FILE)
     prev = io.read_json(run_file)
+    cur = run_identity(cfg, p.shards)
     if prev and prev.get("fingerprint") != p.fingerprint:
-        if not cfg.output.overwrite:
-            raise ConfigError("output.path", f"{out} holds the output of a run with a different config or input "
-                                             f"(fingerprint {prev.get('fingerprint')} != {p.fingerprint}); "
-                                             f"choose another directory or set output.overwrite: true (--overwrite)")
-        for d in (S.KEPT_DIR, S.REJECTED_DIR, S.MANIFEST_DIR, S.WORK_DIR, S.GLOBAL_DIR, S.STATS_FILE):
+        claimed = _claimed(out, str(prev.get("fingerprint")))
+        if claimed and not cfg.output.overwrite:
+            diff = identity_diff(prev.get("identity", {}), cur)
+            raise ConfigError("output.path", f"{out} holds the output of another run ({diff}); choose another "
+                                             f"directory or set output.overwrite: true (--overwrite)")
+        for d in _RUN_FILES:
             io.remove(io.join(out, d))
-    io.write_json(run_file, {"fingerprint": p.fingerprint, "config": p.config,
+    elif not prev and not cfg.output.overwrite:
+        stray = [d for d in (S.KEPT_DIR, S.REJECTED_DIR, S.MANIFEST_DIR) if io.list_dir(io.join(out, d), ".parquet")
+                 or io.list_dir(io.join(out, d), ".json")]
+        if stray:
+            raise ConfigError("output.path", f"{out} already holds {', '.join(d + '/' for d in stray)} files that no "
+                                             f"thresher run recorded; choose another directory or --overwrite")
+    elif not prev:
+        for d in _RUN_FILES:
+            io.remove(io.join(out, d))
+    io.write_json(run_file, {"fingerprint": p.fingerprint, "identity": cur, "config": p.config,
                              "shards": [s.path for s in p.shards]})
+
+
+def stray_files(p: E.Plan) -> list[str]:
+    """Parquet files under kept/ or rejected/ that are not this run's (never counted)."""
+    mine = {f"{d}/{s.name}.parquet" for s in p.shards for d in (S.KEPT_DIR, S.REJECTED_DIR)}
+    out = []
+    for d in (S.KEPT_DIR, S.REJECTED_DIR):
+        for f in io.list_dir(io.join(p.out, d), ".parquet"):
+            rel = f"{d}/{f.rstrip('/').rsplit('/', 1)[-1]}"
+            if rel not in mine:
+                out.append(rel)
+    return sorted(out)
 
 
 def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
@@ -252,6 +455,7 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
         "input_chars": chars_in,
         "kept_chars": sum(int(m["kept_chars_out"]) for m in manifests),
         "reconciled": reconciled,
+        "stray_files": stray_files(p),
         "wall_seconds": round(wall_seconds, 3),
         "docs_per_second": round(input_rows / wall_seconds, 1) if wall_seconds > 0 else None,
         "stages": stage_rows,
@@ -280,18 +484,28 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
         opts = pipeline_options(cfg, beam_args, total_rows=sum(s.num_rows for s in p.shards))
         with Progress(p, enabled=progress):
             with beam.Pipeline(options=opts) as bp:
-                _ = bp | "Thresher" >> CurateShards(p)
-    wall = time.time() - t0
-    stats = aggregate(p, wall)
+                _ = bp | "Thresher" >> CurateShards(p, finalize=False)
+    return finish(p, time.time() - t0, resumed_complete=done)
+
+
+def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> dict:
+    """The bookkeeping after the pipeline: ``stats.json`` from the manifests, reconciliation
+    against the files on disk, removal of the work rows (unless ``output.keep_work``).
+    ``thresher run`` and :class:`CurateShards` in a user's own pipeline both end here.
+    Raises :class:`ReconciliationError` when kept + rejected != input rows."""
+    cfg = p.cfg
+    stats = aggregate(p, wall_seconds)
     prev = io.read_json(io.join(p.out, S.STATS_FILE))
-    if done and prev and prev.get("config_fingerprint") == p.fingerprint:
+    if resumed_complete and prev and prev.get("config_fingerprint") == p.fingerprint:
         stats["wall_seconds"] = prev.get("wall_seconds", stats["wall_seconds"])
         stats["docs_per_second"] = prev.get("docs_per_second", stats["docs_per_second"])
     io.write_json(io.join(p.out, S.STATS_FILE), stats)
     if not cfg.output.keep_work:
         # document rows are no longer needed; the small global keys stay for cheap reruns
-        for f in io.list_dir(io.join(p.out, S.WORK_DIR), ".rows.parquet"):
-            io.remove(f)
+        for f in io.list_dir(io.join(p.out, S.WORK_DIR), ".parquet"):
+            base = f.rstrip("/").rsplit("/", 1)[-1]
+            if base.endswith(".rows.parquet") or ".step" in base:
+                io.remove(f)
     if not stats["reconciled"]:
         raise ReconciliationError(
             f"row counts do not reconcile: input {stats['input_rows']} != kept {stats['kept_rows']} + "
@@ -299,4 +513,4 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     return stats
 
 
-__all__ = ["run", "plan", "load", "aggregate", "ReconciliationError", "ConfigError", "InputError"]
+__all__ = ["run", "plan", "load", "aggregate", "finish", "ReconciliationError", "ConfigError", "InputError"]

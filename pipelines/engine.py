@@ -29,8 +29,8 @@ from thresher.pipelines import io
 from thresher.pipelines.registry import build_stages
 from thresher.schemas import columns as C
 from thresher.schemas import stats as S
-from thresher.schemas.config import Config, parse_config
-from thresher.schemas.documents import output_schema
+from thresher.schemas.config import Config, ConfigError, parse_config
+from thresher.schemas.documents import InputError, output_schema
 from thresher.scorers.base import Decisions, GlobalStage, LocalStage, Stage, StageContractError
 from thresher.scorers.text.arrays import as_array
 
@@ -102,6 +102,16 @@ def _positions(alive_idx: np.ndarray, n: int) -> pa.Array:
 
 
 _as_array = as_array
+
+
+class StageFailure(RuntimeError):
+    """A stage raised while processing rows: names the stage, the shard and the row range.
+    (Beam wraps worker exceptions; the CLI finds this message inside and prints it.)"""
+
+    def __init__(self, stage_id: str, shard: str, first_row: int, last_row: int, exc: BaseException):
+        super().__init__(f"StageFailure: stage {stage_id!r} failed on {shard} rows {first_row}-{last_row}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        self.stage_id, self.shard, self.rows = stage_id, shard, (first_row, last_row)
 
 
 @dataclasses.dataclass
@@ -307,7 +317,12 @@ class ShardProcessor:
             declared = [b for b, _ in cmap]
             new_cols: dict[str, pa.Array] = {}
             if isinstance(stage, LocalStage):
-                out = stage.process(sub_text, sub) if alive_idx.size else None
+                try:
+                    out = stage.process(sub_text, sub) if alive_idx.size else None
+                except (StageContractError, ConfigError, InputError):
+                    raise
+                except Exception as e:
+                    raise StageFailure(stage.id, shard.rel, st.row0, st.row0 + n - 1, e) from e
                 if out is not None:
                     self._contract(stage, list(out.columns), declared, "returned")
                     new_cols = dict(out.columns)
@@ -329,7 +344,12 @@ class ShardProcessor:
                             text = pc.if_else(pa.array(alive), newt.take(_positions(alive_idx, n)), text)
                         table = table.set_column(ti, pa.field(inp.text_column, text.type), text)
             elif isinstance(stage, GlobalStage):
-                keys = stage.keys(sub_text, sub, _as_array(sub[idname])) if alive_idx.size else None
+                try:
+                    keys = stage.keys(sub_text, sub, _as_array(sub[idname])) if alive_idx.size else None
+                except (StageContractError, ConfigError, InputError):
+                    raise
+                except Exception as e:
+                    raise StageFailure(stage.id, shard.rel, st.row0, st.row0 + n - 1, e) from e
                 if keys is not None:
                     for name in keys.column_names:
                         if name in declared:

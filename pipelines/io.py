@@ -223,6 +223,24 @@ def _stem(rel: str) -> str:
     return s.replace("/", "__").replace(os.sep, "__").lstrip(".") or "shard"
 
 
+def _footer_digest(md) -> str:
+    """A digest of the Parquet footer: row groups with their sizes, offsets and column
+    statistics, so a shard rewritten with other content (same size or not) has another
+    identity. Reading the footer is already done for the row counts; no data is read."""
+    import hashlib
+    h = hashlib.sha256()
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        h.update(f"{rg.num_rows}|{rg.total_byte_size}".encode())
+        for j in range(rg.num_columns):
+            c = rg.column(j)
+            st = c.statistics
+            h.update(f"|{c.file_offset}|{c.total_compressed_size}|{c.data_page_offset}".encode())
+            if st is not None and st.has_min_max:
+                h.update(repr((st.min, st.max, st.null_count)).encode()[:256])
+    return h.hexdigest()[:16]
+
+
 def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
                     exclude: Optional[str] = None) -> list[Shard]:
     """Discover shards and check every footer before work starts (clear errors).
@@ -259,6 +277,7 @@ def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
                 schema = pf.schema_arrow
                 num_rows = pf.metadata.num_rows
                 size = pf.metadata.serialized_size
+                footer = _footer_digest(pf.metadata)
         except InputError:
             raise
         except Exception as e:  # corrupt / truncated / not Parquet
@@ -268,7 +287,7 @@ def describe_shards(pattern: str, text_column: str, id_column: Optional[str],
             fsize = os.path.getsize(_local(path)) if not is_remote(path) else 0
         except OSError:
             fsize = 0
-        fp = hashlib.sha256(f"{fsize}|{num_rows}|{size}|{schema}".encode()).hexdigest()[:16]
+        fp = hashlib.sha256(f"{fsize}|{num_rows}|{size}|{schema}|{footer}".encode()).hexdigest()[:16]
         name = _stem(rel)
         k = 1
         while name in names:

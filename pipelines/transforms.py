@@ -10,6 +10,7 @@ shuffle; document text stays inside the worker that reads its shard.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Optional
 
@@ -108,6 +109,13 @@ def _gather_compute(plan: E.Plan, k: int):
     return fn
 
 
+def _finish_fn(plan: E.Plan, t0: float):
+    def fn(manifests):
+        from thresher.pipelines import api
+        return api.finish(plan, time.time() - t0)["reconciled"]
+    return fn
+
+
 def _resolve(path: str):
     """``"module:function"`` -> the function."""
     import importlib
@@ -128,11 +136,26 @@ class CurateShards(beam.PTransform):
     reads its shard's rows from the previous step's work file (text never crosses a
     shuffle). Global stages cross the shuffle as key-file paths and decision tables."""
 
-    def __init__(self, plan: E.Plan):
+    def __init__(self, plan: E.Plan, finalize: bool = True):
         super().__init__()
         self.plan = plan
+        self.finalize = finalize
 
     def expand(self, pbegin):
+        if not self.finalize:
+            return self._curate(pbegin)
+        # in a user's own pipeline: the same bookkeeping as `thresher run` (the directory
+        # check before any work, stats.json, reconciliation and cleanup after the last shard)
+        from thresher.pipelines import api
+        api._check_output_dir(self.plan, self.plan.cfg)
+        t0 = time.time()
+        manifests = self._curate(pbegin)
+        _ = (manifests
+             | "AllManifests" >> beam.combiners.ToList()
+             | "Finish" >> beam.Map(_finish_fn(self.plan, t0)))
+        return manifests
+
+    def _curate(self, pbegin):
         plan = self.plan
         proc = E.ShardProcessor(plan)
         stages = proc.build()

@@ -25,6 +25,7 @@ REJECTED_DIR = "rejected"
 RUN_FILE = "_run.json"
 STATS_FILE = "stats.json"
 GLOBAL_DIR = "_global"
+LOG_DIR = "_logs"
 
 
 def empty_manifest(shard: str, input_path: str, fingerprint: str) -> dict[str, Any]:

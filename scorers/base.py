@@ -116,6 +116,19 @@ class StageContractError(RuntimeError):
     the stage, not a user mistake: the message names the stage and what differs."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PreflightContext:
+    """What a stage can check before any document is read (``Stage.preflight``): the
+    input schema (first shard), the columns present when the stage runs (input columns,
+    the id column and what earlier stages declare), the text column, and whether the
+    runner is local (so this machine's devices are the workers')."""
+
+    input_schema: pa.Schema
+    columns: frozenset
+    text_column: str = "text"
+    local: bool = True
+
+
 @dataclasses.dataclass
 class StageOutput:
     """What a local stage returns for a batch of n rows."""
@@ -219,6 +232,11 @@ class Stage:
 
     def setup(self) -> None:
         """Load models etc. Called once per worker before the first batch."""
+
+    def preflight(self, ctx: PreflightContext) -> None:
+        """Checks that need more than the parameters (the input schema, earlier stages'
+        columns, model files, devices); raise :class:`ParamError` naming the parameter.
+        Runs in ``plan()``, before any work; must be cheap (no model weights loaded)."""
 
     def reason(self, rule: str) -> str:
         if rule not in self.reason_rules():

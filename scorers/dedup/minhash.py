@@ -248,6 +248,18 @@ class MinHashDedup(GlobalStage):
         s = pc.fill_null(keys[D.KEY_SCORE], float("nan")).to_numpy().astype(np.float64)
         return s if surv.startswith("highest:") else -s
 
+    def preflight(self, ctx) -> None:
+        surv = self.config["survivor"]
+        if ":" in surv:
+            col = surv.split(":", 1)[1]
+            if col not in ctx.columns:
+                from thresher.schemas.config import did_you_mean
+                raise ParamError("survivor", f"column {col!r} is neither an input column nor written by an earlier "
+                                             f"stage{did_you_mean(col, ctx.columns)}")
+            t = ctx.input_schema.field(col).type if col in ctx.input_schema.names else None
+            if t is not None and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                raise ParamError("survivor", f"column {col!r} has type {t}; survivor scores must be numeric")
+
     def distributed_step(self) -> Optional[str]:
         return "thresher.pipelines.dedup_beam:build" if self.config["components"] == "distributed" else None
 

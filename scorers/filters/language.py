@@ -101,6 +101,23 @@ class LanguageStage(LocalStage):
         self._keep = None if langs is None else sorted(
             {ftu.normalize_label(x.strip()) for x in langs})
 
+    def preflight(self, ctx) -> None:
+        langs = self.config["languages"]
+        if not langs:
+            return
+        path = self.model_path()
+        try:
+            labels = set(ftu.model_labels(ftu.load_model(path)))
+        except Exception as e:  # noqa: BLE001 - a model that cannot be read is the user's to fix
+            raise ParamError("model", f"cannot read the language model {path!r}: {e}") from None
+        missing = [x for x in langs if ftu.normalize_label(x.strip()) not in labels]
+        if missing:
+            from thresher.schemas.config import did_you_mean
+            some = ", ".join(sorted(labels)[:8])
+            raise ParamError("languages", f"{missing[0]!r} is not a label of {os.path.basename(path)}"
+                                          f"{did_you_mean(missing[0], labels)} (its labels are codes such as {some}, "
+                                          f"... {len(labels)} in all)")
+
     def model_path(self) -> str:
         return self.config["model"] or ftu.default_lid_model_path()
 

@@ -121,6 +121,54 @@ class ModelStage(LocalStage):
     def decide(self, cols: dict[str, pa.Array]) -> Optional[pa.Array]:
         return None
 
+    #: model kinds this stage's task accepts (``loading.detect_kind``)
+    kinds: ClassVar[tuple[str, ...]] = ()
+
+    def preflight(self, ctx) -> None:
+        """Before any work: the ``models`` extra is installed, the model path holds a
+        checkpoint of a kind the task takes (weights, tokenizer, a head for a bare
+        encoder), and on a local runner the requested device exists."""
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise ParamError("model", f"model stages need the models extra ({e.name} is not installed): "
+                                      f"pip install 'thresher[models]'") from None
+        import os
+
+        from thresher.scorers.models.loading import HEAD_CONFIG, CheckpointError, detect_kind
+        path = os.path.abspath(os.path.expanduser(self.config["model"]))
+        if not os.path.exists(path) and not ctx.local:
+            return                      # e.g. baked into the workers' container image
+        try:
+            kind = detect_kind(path)
+        except CheckpointError as e:
+            raise ParamError("model", str(e)) from None
+        if self.kinds and kind not in self.kinds:
+            raise ParamError("model", f"{path} is a {kind} checkpoint; stage {self.name!r} takes "
+                                      f"{' or '.join(self.kinds)}")
+        if kind != "fasttext":
+            head = self.config.get("head")
+            enc_dir = path
+            if kind == "encoder" or head:
+                head_dir = os.path.abspath(head) if head else path
+                if not os.path.isfile(os.path.join(head_dir, HEAD_CONFIG)):
+                    raise ParamError("head" if head else "model",
+                                     f"{head_dir}: a bare encoder needs a head ({HEAD_CONFIG}); make one with "
+                                     f"thresher.scorers.models.save_encoder_head(dir, EncoderHead(hidden, outputs)) "
+                                     f"or use a sequence-classification checkpoint")
+            tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                         "sentencepiece.bpe.model", "tokenizer.model")
+            if os.path.isdir(enc_dir) and not any(os.path.exists(os.path.join(enc_dir, f)) for f in tok_files):
+                raise ParamError("model", f"{enc_dir}: no tokenizer files ({', '.join(tok_files[:3])}, ...); save the "
+                                          f"tokenizer with the model (tokenizer.save_pretrained(dir))")
+        dev = self.config["device"]
+        if ctx.local and dev.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ParamError("device", f"{dev!r} requested but CUDA is not available on this machine; use "
+                                           f"device: auto (GPU when present) or cpu")
+
     def task_columns(self) -> dict[str, str]:
         """task output column -> declared column."""
         return {c.name: c.name for c in self.active_columns()}
@@ -156,6 +204,7 @@ class LmLoss(ModelStage):
     column_prefix = "lm"
     doc = "Causal-LM loss per document (nats, tokens, characters, bits per character); optional bpc bounds."
     task = M.TASK_CAUSAL_LM_LOSS
+    kinds = ("causal_lm",)
     task_params = ("stride", "prepend_bos")
     params = {
         **MODEL_PARAMS,
@@ -201,6 +250,7 @@ class Classifier(ModelStage):
     name = "classifier"
     doc = "Document classifier score (HF sequence classifier, encoder + head, or fastText); min/max score."
     task = M.TASK_ENCODER_SCORE
+    kinds = ("encoder", "sequence_classification", "fasttext")
     task_params = ("label",)
     params = {
         **MODEL_PARAMS,
@@ -253,6 +303,7 @@ class Generate(ModelStage):
     column_prefix = "generated"
     doc = "Greedy generation per document with a causal LM (chat template, stop strings); writes `generated`."
     task = M.TASK_GENERATE
+    kinds = ("causal_lm",)
     task_params = ("max_new_tokens", "stop", "system", "prompt", "template")
     params = {
         **MODEL_PARAMS,

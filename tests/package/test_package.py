@@ -23,6 +23,14 @@ from thresher.scorers import registry
 from thresher.scorers.base import Column, LocalStage, StageContractError, StageOutput
 
 
+def _plugin_copy(site) -> str:
+    """The test plugin's source copied next to its install target (pip builds in the tree)."""
+    import shutil
+    dst = os.path.join(os.path.dirname(str(site)), os.path.basename(str(site)) + "-src")
+    shutil.copytree(os.path.join(ROOT, "tests", "data", "plugin"), dst, dirs_exist_ok=True)
+    return dst
+
+
 def real_texts(n: int, name: str = "wiki_summaries.parquet", offset: int = 0) -> pa.Table:
     t = pq.read_table(corpus(name), columns=["id", "text"]).slice(offset, n)
     return pa.table({"id": t["id"].cast(pa.string()), "text": t["text"]})
@@ -162,7 +170,7 @@ def test_stage_docs_in_is_filled(tmp_path, write_shards):
 def test_third_party_stage_through_entry_points(tmp_path, write_shards):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), os.path.join(ROOT, "tests", "data", "plugin")],
+                    "--target", str(site), _plugin_copy(site)],
                    check=True, capture_output=True)
     texts = real_texts(120, "fortunes.parquet")
     loud = pa.table({"id": pa.array([f"loud{i}" for i in range(5)]),

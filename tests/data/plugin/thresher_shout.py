@@ -18,3 +18,17 @@ class Shout(LocalStage):
         loud = bangs.to_numpy(zero_copy_only=False) > self.config["max_bangs"]
         reasons = pa.array(np.where(loud, self.reason("too_loud"), None).tolist(), pa.string())
         return StageOutput(columns={"shout_bangs": bangs}, reasons=reasons)
+
+
+class Explode(LocalStage):
+    """Fails on any document containing BOOM (for the tests of errors during work)."""
+
+    name = "explode"
+    doc = "Raises ValueError on a document containing BOOM (test stage)."
+    columns = ()
+
+    def process(self, text, batch):
+        hit = pc.match_substring(text, "BOOM").to_numpy(zero_copy_only=False)
+        if hit.any():
+            raise ValueError(f"BOOM in row {int(np.flatnonzero(hit)[0])} of the batch")
+        return StageOutput(columns={})
