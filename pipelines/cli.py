@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -20,8 +23,24 @@ def default_stages() -> list[dict]:
     return default_pipeline()
 
 
+def _say(line: str) -> None:
+    """Write one line to the real stderr (past the worker-log filter, even when muted)."""
+    if _REAL_STDERR_FD is None:      # no worker-log filter (in-process use, tests)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        return
+    try:
+        os.write(_REAL_STDERR_FD, (line + "\n").encode("utf-8", "replace"))
+    except OSError:
+        sys.__stderr__.write(line + "\n")
+
+
 def _err(msg: str, code: int = 2) -> int:
-    sys.stderr.write(f"thresher: error: {msg}\n")
+    try:
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    _say(f"thresher: error: {msg}")
     return code
 
 
@@ -95,29 +114,91 @@ def cmd_run(args, beam_args: list[str]) -> int:
             d["runner"] = args.runner
         if args.keep_work:
             d["output"]["keep_work"] = True
-        t0 = time.time()
-        stats = api.run(d, beam_args=beam_args, progress=not args.quiet,
-                        log=lambda s: print(f"thresher: {s}", file=sys.stderr))
+        out_dir = d["output"]["path"]
+        with _interruptible() as interrupted:
+            stats = api.run(d, beam_args=beam_args, progress=not args.quiet,
+                            log=lambda s: print(f"thresher: {s}", file=sys.stderr))
     except (ConfigError, InputError) as e:
         return _err(str(e))
     except api.ReconciliationError as e:
         return _err(str(e), 3)
-    except Exception as e:  # Beam wraps worker errors
+    except BaseException as e:  # Beam wraps worker errors; Ctrl-C arrives as KeyboardInterrupt or inside them
+        if _INTERRUPTED.is_set() or isinstance(e, KeyboardInterrupt) or "KeyboardInterrupt" in str(e)[:2000]:
+            return _interrupted_exit(d)
+        if isinstance(e, SystemExit):
+            raise
         msg = _user_error_from(e)
         if msg:
             return _err(msg)
-        raise
+        return _work_error(e, out_dir)
+    _ = interrupted
     if not args.quiet:
         print_summary(stats, d["output"]["path"])
-    _ = t0
+        if stats.get("stray_files"):
+            print(f"thresher: note: {len(stats['stray_files'])} files under kept/ or rejected/ are not this run's and "
+                  f"were not counted: {', '.join(stats['stray_files'][:3])}", file=sys.stderr)
     return 0
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C: remember it, mute the worker processes' tracebacks, raise KeyboardInterrupt here."""
+    def handler(signum, frame):
+        _INTERRUPTED.set()
+        _MUTE.set()
+        raise KeyboardInterrupt
+    try:
+        prev = signal.signal(signal.SIGINT, handler)
+    except ValueError:      # not the main thread (e.g. called from a test thread)
+        prev = None
+    try:
+        yield _INTERRUPTED
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
+
+
+def _interrupted_exit(d: dict) -> int:
+    from thresher.pipelines import io
+    from thresher.schemas import stats as S
+    out = d["output"]["path"]
+    done = len(io.list_dir(io.join(out, S.MANIFEST_DIR), ".json"))
+    run = io.read_json(io.join(out, S.RUN_FILE)) or {}
+    total = len(run.get("shards", [])) or "?"
+    _MUTE.set()
+    _say(f"thresher: interrupted: {done} of {total} shards complete; rerun the same command to resume")
+    return 130
+
+
+def _work_error(exc: BaseException, out_dir: str) -> int:
+    """An error while working: one line naming the stage, shard and rows, the full trace in a log file."""
+    import traceback
+    text = str(exc)
+    m = re.search(r"StageFailure: (stage .+)", text)
+    line = m.group(1).strip() if m else f"{type(exc).__name__}: {(text.splitlines() or [''])[0]}"
+    line = re.sub(r"\s*\[while running '[^']*'\]\s*$", "", line)
+    log = None
+    try:
+        from thresher.pipelines import io
+        from thresher.schemas import stats as S
+        log = io.join(out_dir, S.LOG_DIR, time.strftime("error-%Y%m%d-%H%M%S.log", time.gmtime()))
+        io.makedirs(io.join(out_dir, S.LOG_DIR))
+        with open(log, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            f.write("\n" + text + "\n")
+    except Exception:  # noqa: BLE001 - the message matters more than the log
+        log = None
+    return _err(line + (f" (full trace: {log})" if log else ""), 1)
 
 
 def cmd_inspect(args) -> int:
     from thresher.pipelines.inspect import render, summary
     try:
-        s = summary(args.dir, examples=args.examples)
-    except FileNotFoundError as e:
+        s = summary(args.dir, examples=args.examples, by=args.by, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
         return _err(str(e))
     if args.json:
         print(json.dumps(s, indent=2, default=str))
@@ -151,7 +232,8 @@ def _quiet_logs() -> None:
     if os.environ.get("THRESHER_VERBOSE"):
         return
     logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # a failing stage is reported in one thresher line (the trace goes to a log file)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore")
     _filter_worker_stderr()
 
@@ -159,11 +241,17 @@ def _quiet_logs() -> None:
 _NOISE = re.compile(r"^(INFO:|DEBUG:|WARNING:__main__:|WARNING:root:apitools|WARNING:apache_beam)")
 
 
+#: set after Ctrl-C: the worker processes' dying words are not the user's business
+_MUTE = threading.Event()
+_REAL_STDERR_FD = None
+
+
 def _filter_worker_stderr() -> None:
     """Beam's local worker processes log at INFO to the inherited stderr; drop that noise."""
-    import threading
+    global _REAL_STDERR_FD
     try:
         real = os.dup(2)
+        _REAL_STDERR_FD = os.dup(real)
         r, w = os.pipe()
         os.dup2(w, 2)
         os.close(w)
@@ -174,6 +262,7 @@ def _filter_worker_stderr() -> None:
         with os.fdopen(r, "rb", buffering=0) as src, os.fdopen(real, "wb", buffering=0) as dst:
             buf = b""
             skipping = False
+            erroring = False
             while True:
                 chunk = src.read(65536)
                 if not chunk:
@@ -181,7 +270,15 @@ def _filter_worker_stderr() -> None:
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
+                    if _MUTE.is_set():
+                        continue
                     text = line.decode("utf-8", "replace")
+                    if text.startswith("ERROR:apache_beam") or text.startswith("ERROR:root"):
+                        erroring = True      # a worker's error report: thresher prints its own line
+                        continue
+                    if erroring and not text.startswith(("thresher", "[thresher]")):
+                        continue
+                    erroring = False
                     if _NOISE.match(text):
                         skipping = True
                         continue
@@ -228,28 +325,48 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--version", action="version", version=f"thresher {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    sp = sub.add_parser("sample", help="write the built-in sample corpus as Parquet shards")
-    sp.add_argument("dir")
-    sp.add_argument("--docs", type=int, default=5000)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--shards", type=int, default=8)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sp = sub.add_parser("sample", help="write the built-in sample corpus as Parquet shards", formatter_class=fmt,
+                        description="Write the built-in sample corpus (prose, web pages with boilerplate, spam, "
+                                    "code, math, other languages, offensive text, exact and near duplicates, "
+                                    "empty and oversized documents) as Parquet shards, with the ground truth in "
+                                    "DIR/_truth/truth.parquet.")
+    sp.add_argument("dir", help="output directory for the shards")
+    sp.add_argument("--docs", type=int, default=5000, help="documents to write")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same corpus)")
+    sp.add_argument("--shards", type=int, default=8, help="number of Parquet shards")
 
-    rp = sub.add_parser("run", help="run a curation pipeline (extra --flags go to Beam)")
+    rp = sub.add_parser("run", help="run a curation pipeline (extra --flags go to Beam)",
+                        description="Run a curation pipeline: every input row ends in OUTPUT/kept/ or "
+                                    "OUTPUT/rejected/ (with its reason), counts are reconciled, and OUTPUT/stats.json "
+                                    "records every stage. Without CONFIG: the default pipeline on --input, or on a "
+                                    "freshly generated sample corpus. An output directory holds one run: rerunning "
+                                    "the same command resumes it; another config or input needs --overwrite or "
+                                    "another directory. Unknown --flags are passed to Beam as pipeline options.")
     rp.add_argument("config", nargs="?", help="YAML config; omitted: the default pipeline")
     rp.add_argument("--input", help="Parquet file, directory or glob (overrides the config)")
-    rp.add_argument("--output", help="output directory (overrides the config)")
-    rp.add_argument("--text-column")
-    rp.add_argument("--id-column")
-    rp.add_argument("--runner", help="Beam runner (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...)")
-    rp.add_argument("--overwrite", action="store_true", help="reuse an output directory written with another config")
-    rp.add_argument("--keep-work", action="store_true", help="keep intermediate files (_work/)")
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--output", help="output directory (overrides the config; default without a config: "
+                                     "./thresher-out)")
+    rp.add_argument("--text-column", help="text column (overrides input.text_column; default text)")
+    rp.add_argument("--id-column", help="id column (overrides input.id_column; default: a column named id, "
+                                        "else ids derived from shard and row)")
+    rp.add_argument("--runner", help="Beam runner (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...; "
+                                     "default DirectRunner)")
+    rp.add_argument("--overwrite", action="store_true",
+                    help="remove the files of another run in the output directory first")
+    rp.add_argument("--keep-work", action="store_true", help="keep intermediate document rows (_work/)")
+    rp.add_argument("--quiet", action="store_true", help="no progress and no summary table")
     rp.add_argument("--sample-docs", type=int, default=5000, help=argparse.SUPPRESS)
 
-    ip = sub.add_parser("inspect", help="DuckDB summary of an output directory")
-    ip.add_argument("dir")
-    ip.add_argument("--json", action="store_true")
-    ip.add_argument("--examples", type=int, default=3)
+    ip = sub.add_parser("inspect", help="DuckDB summary of an output directory", formatter_class=fmt,
+                        description="Summarise a run's output with DuckDB: counts by reason, score distributions, "
+                                    "a seeded random sample of rejected documents per reason; --by groups them by "
+                                    "any column.")
+    ip.add_argument("dir", help="a thresher output directory")
+    ip.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ip.add_argument("--examples", type=int, default=3, help="example documents per reason")
+    ip.add_argument("--by", default=None, help="group counts and score quantiles by this column (e.g. language)")
+    ip.add_argument("--seed", type=int, default=0, help="seed of the random examples")
 
     stp = sub.add_parser("stages", help="list stages, their parameters, columns and reasons")
     stp.add_argument("--markdown", action="store_true", help="print the README's stage reference (generated)")

@@ -35,6 +35,12 @@ _TASK_ONLY = {
 }
 
 
+def _fail(msg: str) -> int:
+    """A user mistake: one line, exit code 2 (no traceback)."""
+    sys.stderr.write(f"thresher: error: {msg}\n")
+    return 2
+
+
 def resolve_inputs(spec: str) -> list[str]:
     """Sorted Parquet files named by a file, a directory, or a glob (local or a
     Beam filesystem URL such as ``gs://bucket/dir``)."""
@@ -123,17 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from thresher.scorers.models.loading import CheckpointError, detect_kind
-
     model = os.path.abspath(os.path.expanduser(args.model))
-    kind = None
-    local_runner = args.runner in _LOCAL_RUNNERS
-    if os.path.exists(model) or local_runner:
-        try:
-            kind = detect_kind(model)
-        except CheckpointError as e:
-            ap.error(str(e))
-    else:  # e.g. baked into the workers' container image
+    if not os.path.exists(model) and args.runner not in _LOCAL_RUNNERS:  # e.g. baked into the workers' image
         logging.warning("model %s is not on this machine; the workers must have it", model)
     inputs = resolve_inputs(args.input)
     output = args.output if "://" in args.output else os.path.abspath(os.path.expanduser(args.output))
@@ -160,10 +157,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from thresher.scorers.registry import get as stage_class
     cls = stage_class(STAGE_OF_TASK[args.task])
     try:
-        cls(**{k: v for k, v in params.items() if v is not None})
+        stage = cls(**{k: v for k, v in params.items() if v is not None})
+        import pyarrow as pa
+
+        from thresher.scorers.base import PreflightContext
+        stage.preflight(PreflightContext(input_schema=pa.schema([]), columns=frozenset(),
+                                         local=args.runner in _LOCAL_RUNNERS))
     except ParamError as e:
-        ap.error(f"--{e.key.replace('_', '-')}: {e.message}")
-    _ = kind
+        return _fail(f"--{e.key.replace('_', '-')}: {e.message}")
 
     import pyarrow.parquet as pq
 
