@@ -68,7 +68,8 @@ TARGET = "wiki"
 QUICK = ["--wiki-pool", "300", "--target-dev", "40", "--target-test", "60", "--fortunes", "600",
          "--style", "200", "--web", "40", "--handbook", "10", "--vocab", "512", "--lms", "16x1@2,32x1@10,32x1@40",
          "--lm-batch", "4", "--seq-len", "32", "--context", "128", "--preselect-sample", "400",
-         "--final-model", "32x1", "--final-budget", "20000", "--seeds", "1"]
+         "--final-model", "32x1", "--final-budget", "20000", "--seeds", "1",
+         "--preselect-min-labels", "10", "--preselect-validation", "0"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", default=None, help="directory for preselect_proof.json (default: print only)")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one, removed)")
+    ap.add_argument("--preselect-min-labels", type=int, default=50,
+                    help="PreSelect training refuses fewer labels per class than this")
+    ap.add_argument("--preselect-validation", type=float, default=0.1, help="PreSelect validation fraction")
     ap.add_argument("--quick", action="store_true", help="the smallest settings (overrides the size flags)")
     g = ap.add_argument_group("data")
     g.add_argument("--wiki-pool", type=int, default=3000, help="English wiki docs in the pool")
@@ -334,6 +338,8 @@ def main(argv: Optional[list[str]] = None, log=print) -> dict:
         ps_dir = os.path.join(work, "preselect")
         card = train({"input": os.path.join(work, "pool"), "output": ps_dir,
                       "sample": {"size": a.preselect_sample, "seed": a.data_seed},
+                      "min_labels_per_class": a.preselect_min_labels,
+                      "validation_fraction": a.preselect_validation,
                       "models": [{"path": m["path"], "score": m["score"], "name": m["name"]} for m in lms],
                       "scoring": {"device": "cpu", "max_length": a.context}}, log=lambda s: None)
         secs["preselect_train"] = time.time() - t0

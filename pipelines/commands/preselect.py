@@ -11,7 +11,17 @@ Config (YAML)::
       - {path: ckpt/llama-large, score: 52.3}
     scoring: {device: auto, max_tokens_per_batch: 16384, max_length: 2048}
     validation_fraction: 0.1
+    min_labels_per_class: 50     # refuse to train on fewer positives (or negatives) than this
     fasttext: {}                 # overrides of the method's hyper-parameters (epoch 3, lr 0.1, wordNgrams 2)
+
+Training refuses degenerate data before fastText is trained (a config error
+naming the counts and the options to change, nothing written): fewer than
+``min_labels_per_class`` positives or negatives (an empty class included), or,
+with ``validation_fraction > 0``, fewer than ``MIN_SPLIT_PER_CLASS`` documents
+of either class in the validation or the training split. A validation accuracy
+not significantly better than always answering the larger class is reported
+(``card.json`` ``validation``, and a warning), not refused: on the small
+validation sets of small samples it is too noisy to stop a run on.
 
 Writes ``labels.parquet`` (every sampled document: id, text, strength, concordant
 pairs, bits per character under each model, label), ``classifier.bin`` and
@@ -34,7 +44,13 @@ from thresher.pipelines import io
 from thresher.schemas.config import ConfigError, load_config_file
 from thresher.schemas.documents import InputError
 
-_KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "fasttext", "seed"}
+_KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "min_labels_per_class",
+         "fasttext", "seed"}
+
+#: default ``min_labels_per_class``: fewer positives (or negatives) than this and training is refused
+MIN_LABELS_PER_CLASS = 50
+#: with ``validation_fraction > 0``, each split needs at least this many documents of each class
+MIN_SPLIT_PER_CLASS = 5
 
 
 def _check(raw: Any) -> dict:
@@ -75,12 +91,59 @@ def _check(raw: Any) -> dict:
     if not isinstance(size, int) or size < 2:
         raise ConfigError("sample.size", f"expected an integer >= 2, got {size!r}")
     vf = raw.get("validation_fraction", 0.1)
-    if not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+    if not isinstance(vf, (int, float)) or isinstance(vf, bool) or not 0 <= vf < 1:
         raise ConfigError("validation_fraction", f"expected a number in [0, 1), got {vf!r}")
+    min_labels = raw.get("min_labels_per_class", MIN_LABELS_PER_CLASS)
+    if not isinstance(min_labels, int) or isinstance(min_labels, bool) or min_labels < 1:
+        raise ConfigError("min_labels_per_class", f"expected an integer >= 1, got {min_labels!r}")
+    if size < 2 * min_labels:  # positives and as many negatives: at most size / 2 of each
+        raise ConfigError("sample.size", f"a sample of {size:,} documents gives at most {size // 2:,} labels per "
+                                         f"class, fewer than min_labels_per_class ({min_labels:,}); raise "
+                                         f"sample.size to at least {2 * min_labels:,} or lower min_labels_per_class")
     return {"input": {"text_column": "text", "id_column": None, **inp}, "output": out, "models": models,
             "sample": {"size": size, "seed": int(sample.get("seed", 0))},
             "scoring": dict(raw.get("scoring", {}) or {}), "validation_fraction": float(vf),
-            "fasttext": dict(raw.get("fasttext", {}) or {})}
+            "min_labels_per_class": min_labels, "fasttext": dict(raw.get("fasttext", {}) or {})}
+
+
+def _refuse_degenerate(cfg: dict, n_docs: int, strength: np.ndarray, linfo: dict,
+                       split: Optional[dict] = None) -> None:
+    """Raise a :class:`ConfigError` (one line: the counts and what to change) when the labels
+    are too few to train on; ``split`` (per-split class counts) is checked when given."""
+    n_pos, n_neg = linfo["positives"], linfo["negatives"]
+    skipped = int(np.isnan(strength).sum())
+    with_loss = n_docs - skipped
+    size, min_labels = cfg["sample"]["size"], cfg["min_labels_per_class"]
+    counts = (f"{n_pos:,} positives, {n_neg:,} negatives from {n_docs:,} sampled documents "
+              f"({with_loss:,} with every model's loss, {skipped:,} skipped)")
+    small = f"; the input holds only {n_docs:,} non-empty documents" if n_docs < size else ""
+    if split is None:
+        if with_loss == 0:
+            raise ConfigError("models", f"no label to train on: {counts}; no document has a loss from every "
+                                        f"model (check the models and the scoring options)")
+        avail = int(linfo["positives_available"])
+        top = linfo["positive_strength"]
+        if avail == with_loss:  # a single strength value: every document is a positive candidate
+            hint = ("every document's losses follow the models' ranking: use models closer in strength"
+                    if top >= 1.0 else "the losses do not separate documents: are two models the same checkpoint?")
+            raise ConfigError("models", f"cannot train on one class: {counts}; all {with_loss:,} documents have "
+                                        f"the same predictive strength {top:.3g}, so there is no negative ({hint}); "
+                                        f"change the models or raise sample.size (now {size:,})")
+        if min(n_pos, n_neg) < min_labels:
+            raise ConfigError("sample.size", f"too few labels to train on: {counts}; {avail:,} documents have the "
+                                             f"top strength {top:.3g} and {with_loss - avail:,} a lower one, and "
+                                             f"each class needs min_labels_per_class ({min_labels:,}); raise "
+                                             f"sample.size (now {size:,}{small}) or lower min_labels_per_class")
+        return
+    vf = cfg["validation_fraction"]
+    for name, (p, n) in split.items():
+        if min(p, n) < MIN_SPLIT_PER_CLASS:
+            fix = ("raise validation_fraction" if name == "validation" else "lower validation_fraction")
+            raise ConfigError("validation_fraction",
+                              f"the {name} split would hold {p:,} positives and {n:,} negatives, fewer than "
+                              f"{MIN_SPLIT_PER_CLASS} of a class ({counts}; validation_fraction {vf:g}); "
+                              f"{fix}, raise sample.size (now {size:,}), or set validation_fraction: 0 to "
+                              f"train without validation")
 
 
 def sample_documents(path: str, text_column: str, id_column: Optional[str], size: int, seed: int) -> pa.Table:
@@ -138,6 +201,7 @@ def train(raw: dict, log=print) -> dict:
     from thresher.scorers.text.hashing import stable_id_hash
     from thresher.scorers.training.preselect import (
         FASTTEXT_PARAMS,
+        accuracy_vs_chance,
         fasttext_line,
         predictive_strength,
         select_labels,
@@ -147,7 +211,6 @@ def train(raw: dict, log=print) -> dict:
     cfg = _check(raw)
     ftu.require_fasttext(training=True)
     out = cfg["output"]
-    os.makedirs(out, exist_ok=True)
     inp = cfg["input"]
     t0 = time.time()
     docs = sample_documents(inp["path"], inp["text_column"], inp.get("id_column"), cfg["sample"]["size"],
@@ -164,6 +227,22 @@ def train(raw: dict, log=print) -> dict:
     strength, conc, pairs = predictive_strength(losses, [m["score"] for m in cfg["models"]])
     ids = docs["id"].to_pylist()
     pos, neg, linfo = select_labels(strength, ids)
+    _refuse_degenerate(cfg, docs.num_rows, strength, linfo)
+
+    # train / validation split by a stable hash of the id
+    chosen = np.concatenate([pos, neg])
+    is_pos = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+    h = stable_id_hash(pa.array([ids[i] for i in chosen], pa.string()))
+    vf = cfg["validation_fraction"]
+    is_val = (h % np.uint64(1000)) < np.uint64(int(round(vf * 1000)))
+    if vf > 0:
+        _refuse_degenerate(cfg, docs.num_rows, strength, linfo, split={
+            "validation": (int((is_val & is_pos).sum()), int((is_val & ~is_pos).sum())),
+            "training": (int((~is_val & is_pos).sum()), int((~is_val & ~is_pos).sum()))})
+    log(f"preselect: labels {pos.size:,} positive, {neg.size:,} negative; "
+        f"{int((~is_val).sum()):,} to train on, {int(is_val.sum()):,} to validate")
+
+    os.makedirs(out, exist_ok=True)
     label = np.full(docs.num_rows, -1, np.int8)
     label[pos] = 1
     label[neg] = 0
@@ -176,11 +255,6 @@ def train(raw: dict, log=print) -> dict:
     pq.write_table(labels_tbl, tmp, compression="zstd")
     os.replace(tmp, os.path.join(out, "labels.parquet"))
 
-    # train / validation split by a stable hash of the id
-    chosen = np.concatenate([pos, neg])
-    h = stable_id_hash(pa.array([ids[i] for i in chosen], pa.string()))
-    vf = cfg["validation_fraction"]
-    is_val = (h % np.uint64(1000)) < np.uint64(int(round(vf * 1000)))
     params = {**FASTTEXT_PARAMS, **cfg["fasttext"]}
     with tempfile.TemporaryDirectory() as td:
         train_file = os.path.join(td, "train.txt")
@@ -194,16 +268,29 @@ def train(raw: dict, log=print) -> dict:
     model = ftu.load_model(bin_path)
     val_idx = chosen[is_val]
     acc = None
+    validation = {"docs": int(val_idx.size), "positives": int((label[val_idx] == 1).sum()),
+                  "negatives": int((label[val_idx] == 0).sum())}
     if val_idx.size:
         p = ftu.predict_label_prob(model, pa.array([docs["text"][int(i)].as_py() for i in val_idx]), "1")
-        acc = float(((p >= 0.5).astype(np.int8) == label[val_idx]).mean())
+        correct = int(((p >= 0.5).astype(np.int8) == label[val_idx]).sum())
+        acc = correct / int(val_idx.size)
+        # chance = always answering the larger class of the validation split
+        chance = max(validation["positives"], validation["negatives"]) / int(val_idx.size)
+        pval = accuracy_vs_chance(correct, int(val_idx.size), chance)
+        validation.update({"correct": correct, "accuracy": acc, "chance_accuracy": chance,
+                           "p_value_vs_chance": pval, "better_than_chance": bool(pval < 0.05)})
+        if pval >= 0.05:
+            log(f"preselect: warning: validation accuracy {acc:.3f} on {val_idx.size:,} documents is not "
+                f"significantly better than chance ({chance:.3f}; one-sided binomial p = {pval:.2g})")
     card = {
         "method": "PreSelect (predictive strength labels + fastText)",
         "input": inp["path"], "sample": cfg["sample"], "sampled_docs": int(docs.num_rows),
         "skipped_missing_loss": int(np.isnan(strength).sum()),
         "models": model_info, "ordered_model_pairs": pairs,
-        "labels": linfo, "train_docs": int((~is_val).sum()), "validation_docs": int(is_val.sum()),
-        "validation_accuracy": acc, "fasttext": {**params, **{k: v for k, v in tinfo.items() if k != "params"}},
+        "labels": linfo, "min_labels_per_class": cfg["min_labels_per_class"],
+        "train_docs": int((~is_val).sum()), "validation_docs": int(is_val.sum()),
+        "validation_accuracy": acc, "validation": validation,
+        "fasttext": {**params, **{k: v for k, v in tinfo.items() if k != "params"}},
         "preprocessing": "newlines replaced by spaces",
         "strength_histogram": {str(k): int(v) for k, v in zip(*np.unique(conc[conc >= 0], return_counts=True))},
         "seconds": round(time.time() - t0, 2),

@@ -52,7 +52,11 @@ class PreSelect(ScoreThenSelect):
     lower loss; loss ties count nothing; documents missing a loss are skipped and counted) →
     positives of maximal strength, as many lowest-strength negatives → fastText (`epoch 3,
     lr 0.1, wordNgrams 2`, newlines replaced by spaces) → `classifier.bin`, `card.json`,
-    `labels.parquet`.
+    `labels.parquet`. Degenerate data is refused before anything is written, in one line naming
+    the counts and the option to change: fewer than `min_labels_per_class` (default 50)
+    positives or negatives, one class empty, or a validation split (`validation_fraction`,
+    default 0.1) with fewer than 5 documents of a class; the card records whether the validation
+    accuracy beats chance.
     """
 
     name = "preselect"

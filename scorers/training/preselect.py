@@ -42,13 +42,20 @@ def predictive_strength(losses: np.ndarray, scores: Sequence[float]) -> tuple[np
 
 
 def select_labels(strength: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Indices of positives (maximal strength) and as many lowest-strength negatives."""
+    """Indices of positives (maximal strength) and as many lowest-strength negatives.
+
+    Never refuses: with no document to label (every strength NaN) or a single
+    strength value (no negative left) the arrays are empty and ``info`` says so;
+    the training command decides whether the counts are enough to train on."""
     from thresher.scorers.text.hashing import stable_id_hash
 
     ok = ~np.isnan(strength)
     idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        raise ValueError("no document has a loss from every model")
+    if idx.size == 0:  # nothing to label: the training command reports the counts
+        empty = np.zeros(0, np.int64)
+        return empty, empty, {"positive_strength": None, "positives": 0, "negatives": 0,
+                              "positives_available": 0, "negative_strength_max": None,
+                              "note": "no document has a loss from every model"}
     top = 1.0
     pos = idx[strength[idx] >= top - 1e-12]
     info: dict[str, Any] = {"positive_strength": top}
@@ -68,6 +75,26 @@ def select_labels(strength: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray,
                  "positives_available": int(pos.size),
                  "negative_strength_max": float(strength[neg].max()) if neg.size else None})
     return pos_sel, neg, info
+
+
+def accuracy_vs_chance(correct: int, n: int, majority_fraction: float = 0.5) -> float:
+    """One-sided binomial p-value of ``correct`` right answers out of ``n`` when each answer
+    is right with probability ``majority_fraction`` (what always answering the larger class
+    scores): small = better than chance. 1.0 for ``n == 0``."""
+    if n <= 0:
+        return 1.0
+    p = min(max(float(majority_fraction), 0.0), 1.0)
+    if correct <= 0:
+        return 1.0
+    if p in (0.0, 1.0):
+        return 0.0 if p == 0.0 else 1.0
+    # log-space terms: exact enough, and no overflow for any validation size
+    from math import exp, lgamma, log
+    lp, lq = log(p), log(1.0 - p)
+    terms = [lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1) + k * lp + (n - k) * lq
+             for k in range(int(correct), n + 1)]
+    m = max(terms)
+    return float(min(1.0, exp(m) * sum(exp(t - m) for t in terms)))
 
 
 def fasttext_line(text: str) -> str:

@@ -197,8 +197,11 @@ def test_preselect_train_end_to_end_with_tiny_lms(tmp_path):
 
     from thresher.pipelines.cli import main
     cfg = tmp_path / "preselect.yaml"
+    # 42 + 42 labels from 500 documents, 2 negatives at validation_fraction 0.1: refused by the defaults
+    # (min_labels_per_class 50, 5 of each class in each split), hence the two overrides
     cfg.write_text(yaml.safe_dump({"input": str(pool), "output": str(out), "sample": {"size": 500, "seed": 3},
-                                   "models": models, "scoring": {"device": "cpu", "max_length": 128}}))
+                                   "models": models, "scoring": {"device": "cpu", "max_length": 128},
+                                   "min_labels_per_class": 20, "validation_fraction": 0.25}))
     assert main(["preselect", "train", str(cfg)]) == 0       # the CLI path users run
     card = json.load(open(out / "card.json"))
     assert card["sampled_docs"] == 500 and card["ordered_model_pairs"] == 3
@@ -225,3 +228,114 @@ def test_sample_is_independent_of_shard_layout(tmp_path):
     sb = sample_documents(str(b), "text", None, 250, seed=5)
     assert sa.num_rows == 250 and sa["id"].to_pylist() == sb["id"].to_pylist()
     assert sample_documents(str(a), "text", None, 250, seed=6)["id"].to_pylist() != sa["id"].to_pylist()
+
+
+# --------------------------------------------------------------------------- degenerate training data
+@pytest.fixture(scope="module")
+def refusal_lms(tmp_path_factory):
+    """A pool of 300 fortunes and three tiny LMs: two untrained (seeds 0 and 2), one trained one step
+    (lower loss than untrained seed 0 on ~86 of the 100 sampled documents)."""
+    from thresher.scorers.training import lm as lmtrain
+    d = tmp_path_factory.mktemp("refuse")
+    fort = pq.read_table(corpus("fortunes.parquet"), columns=["id", "text"]).slice(0, 300)
+    (d / "pool").mkdir()
+    pq.write_table(fort, d / "pool" / "fortunes.parquet")
+    texts = fort["text"].to_pylist()
+    tok = lmtrain.train_tokenizer(texts, vocab_size=300)
+    paths = {}
+    for name, seed, steps in (("raw0", 0, 0), ("raw2", 2, 0), ("step1", 1, 1)):
+        m = lmtrain.new_causal_lm(tok, hidden=32, layers=2, heads=4, context=64, seed=seed)
+        if steps:
+            lmtrain.train_causal_lm(m, tok, texts, steps=steps, seq_len=32, batch_size=8, seed=seed, lr=1e-2)
+        paths[name] = lmtrain.save(m, tok, str(d / name))
+    return str(d / "pool"), paths
+
+
+def _refused(tmp_path, capsys, pool, models, **extra):
+    """Run ``thresher preselect train`` as a user does; return (exit code, the error lines, stderr)."""
+    import yaml
+
+    from thresher.pipelines.cli import main
+    cfg = tmp_path / "preselect.yaml"
+    cfg.write_text(yaml.safe_dump({"input": pool, "output": str(tmp_path / "ps"), "sample": {"size": 100, "seed": 1},
+                                   "models": models, "scoring": {"device": "cpu", "max_length": 64}, **extra}))
+    capsys.readouterr()
+    rc = main(["preselect", "train", str(cfg)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ps" / "classifier.bin").exists() and not (tmp_path / "ps").exists()  # nothing written
+    return rc, [ln for ln in err.splitlines() if "error" in ln.lower()], err
+
+
+def test_train_refuses_too_few_labels_through_the_cli(tmp_path, capsys, refusal_lms):
+    # one training step beats no training on most fortunes: many positive candidates, few negatives
+    pool, lms = refusal_lms
+    rc, errors, err = _refused(tmp_path, capsys, pool, [{"path": lms["raw0"], "score": 1.0},
+                                                         {"path": lms["step1"], "score": 2.0}])
+    assert rc == 2 and len(errors) == 1, err
+    e = errors[0]
+    assert e.startswith("thresher: error: config error at sample.size: too few labels to train on: "), e
+    assert "from 100 sampled documents (100 with every model's loss, 0 skipped)" in e
+    n = int(e.split("too few labels to train on: ")[1].split(" positives")[0])
+    assert 0 < n < 50 and f"{n} positives, {n} negatives" in e
+    assert "min_labels_per_class (50)" in e and "raise sample.size (now 100)" in e
+    assert "lower min_labels_per_class" in e
+
+
+def test_train_refuses_one_class_and_a_tiny_validation_split(tmp_path, capsys, refusal_lms):
+    pool, lms = refusal_lms
+    # the same checkpoint twice: every loss ties, every strength is 0, no negative is left
+    (tmp_path / "same").mkdir()
+    rc, errors, err = _refused(tmp_path / "same", capsys, pool, [{"path": lms["raw0"], "score": 1.0},
+                                                                  {"path": lms["raw0"], "score": 2.0}])
+    assert rc == 2 and len(errors) == 1, err
+    assert errors[0].startswith("thresher: error: config error at models: cannot train on one class: "
+                                "0 positives, 0 negatives from 100 sampled documents"), errors[0]
+    assert "same predictive strength 0" in errors[0] and "sample.size" in errors[0]
+    # two unrelated random models: balanced labels, but 2% of them cannot validate anything
+    (tmp_path / "val").mkdir()
+    rc, errors, err = _refused(tmp_path / "val", capsys, pool, [{"path": lms["raw0"], "score": 1.0},
+                                                                 {"path": lms["raw2"], "score": 2.0}],
+                               min_labels_per_class=5, validation_fraction=0.02)
+    assert rc == 2 and len(errors) == 1, err
+    assert errors[0].startswith("thresher: error: config error at validation_fraction: the validation split "
+                                "would hold "), errors[0]
+    assert "fewer than 5 of a class" in errors[0] and "validation_fraction: 0" in errors[0]
+
+
+def test_train_config_min_labels(tmp_path):
+    from thresher.pipelines.commands.preselect import train
+    d = tmp_path / "m"
+    d.mkdir()
+    base = {"input": "x", "output": str(tmp_path / "o"), "models": [{"path": str(d), "score": 1},
+                                                                     {"path": str(d), "score": 2}]}
+    with pytest.raises(ConfigError, match=r"^config error at min_labels_per_class: expected an integer >= 1"):
+        train({**base, "min_labels_per_class": 0})
+    with pytest.raises(ConfigError, match=r"min_labels_per_class: expected an integer"):
+        train({**base, "min_labels_per_class": "50"})
+    # refused before any model runs: 60 documents cannot give 50 + 50 labels
+    with pytest.raises(ConfigError, match=r"^config error at sample\.size: a sample of 60 documents gives at most "
+                                          r"30 labels per class, fewer than min_labels_per_class \(50\); raise "
+                                          r"sample\.size to at least 100"):
+        train({**base, "sample": {"size": 60}})
+    assert not (tmp_path / "o").exists()
+
+
+def test_select_labels_on_nothing_and_accuracy_vs_chance():
+    from thresher.scorers.training.preselect import accuracy_vs_chance
+    pos, neg, info = select_labels(np.array([np.nan, np.nan]), ["a", "b"])
+    assert pos.size == neg.size == 0 and info["positives"] == info["negatives"] == 0
+    assert accuracy_vs_chance(10, 10) == pytest.approx(0.5 ** 10)
+    assert accuracy_vs_chance(5, 10) == pytest.approx(sum(__import__("math").comb(10, k) for k in range(5, 11)) / 1024)
+    assert accuracy_vs_chance(0, 10) == 1.0 and accuracy_vs_chance(0, 0) == 1.0
+    assert accuracy_vs_chance(900, 1000) < 1e-100 and accuracy_vs_chance(520, 1000) > 0.05
+
+
+def test_refusal_when_no_document_has_every_loss():
+    from thresher.pipelines.commands.preselect import _check, _refuse_degenerate
+    cfg = _check({"input": "x", "output": "o", "models": [{"path": "/", "score": 1}, {"path": "/", "score": 2}]})
+    strength = np.array([np.nan, np.nan, np.nan])
+    _, _, info = select_labels(strength, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"^config error at models: no label to train on: 0 positives, 0 negatives "
+                                          r"from 3 sampled documents \(0 with every model's loss, 3 skipped\)"):
+        _refuse_degenerate(cfg, 3, strength, info)
