@@ -13,7 +13,8 @@ each Arrow table, so the unit of work here is a ``pa.Table``.
   ``(key, pa.Table)``) in, the same table plus the task's columns out.
 * :class:`ScoreShardDoFn`: a Parquet shard path in, the scored shard written
   to the output directory under a temporary name and renamed; yields a small
-  stats dict. One output file per input shard; no shuffle of text. Local
+  stats dict; logs its progress (rows of the footer's total, rate, ETA) at most
+  every ``progress_interval_s`` and after the last batch. One output file per input shard; no shuffle of text. Local
   paths, or any Beam filesystem URL (``gs://``, ``s3://``; remote paths are
   written through ``FileSystems`` and renamed, which is copy + delete there).
 * :class:`TextTaskModelHandler`: a ``ModelHandler`` for ``RunInference`` over
@@ -236,14 +237,51 @@ def _remove(path: str) -> None:
         log.warning("could not remove temporary file %s", path)
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    if s < 100:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class ShardProgress:
+    """Progress of one shard: ``update(rows_done)`` returns a line such as
+    ``scored 5,000/23,100 rows of part-000.parquet · 812 docs/s · ETA 22s`` when
+    ``interval_s`` has passed since the last line (or the start), and always
+    once every row is done; ``None`` otherwise."""
+
+    def __init__(self, name: str, total_rows: int, interval_s: float = 2.0, clock=time.perf_counter):
+        self.name, self.total, self.interval = name, int(total_rows), float(interval_s)
+        self.clock = clock
+        self.t0 = self.last = clock()
+
+    def update(self, rows: int) -> Optional[str]:
+        now = self.clock()
+        if rows < self.total and now - self.last < self.interval:
+            return None
+        self.last = now
+        dt = now - self.t0
+        rate = rows / dt if dt > 0 else float("inf")
+        eta = (self.total - rows) / rate if rate and rate != float("inf") else 0.0
+        rate_s = f"{rate:,.0f}" if rate != float("inf") else "-"
+        return (f"scored {rows:,}/{self.total:,} rows of {self.name} · {rate_s} docs/s · "
+                f"ETA {_duration(eta)}")
+
+
 class ScoreShardDoFn(_TaskDoFnBase):
     """Score one Parquet shard into ``output_dir/<same file name>``, atomically.
 
     The shard is read ``batch_rows`` rows at a time (bounded memory), each
     batch scored and written as one row group of a temporary file, which is
     renamed over the final name at the end. An existing output is skipped
-    unless ``overwrite``.
+    unless ``overwrite``. Progress (rows of the footer's row count, docs/s, ETA)
+    is logged at INFO at most every ``progress_interval_s`` seconds per shard,
+    and after the last batch.
     """
+
+    progress_interval_s = 2.0
 
     def __init__(self, spec: ModelTaskSpec, output_dir: str, batch_rows: int = 5000,
                  overwrite: bool = False, compression: str = "zstd"):
@@ -278,12 +316,16 @@ class ScoreShardDoFn(_TaskDoFnBase):
                     raise KeyError(f"{input_path}: no column {self.spec.text_column!r} "
                                    f"(columns: {pf.schema_arrow.names})")
                 sink = _open_write(tmp)
+                progress = ShardProgress(name, pf.metadata.num_rows, self.progress_interval_s)
                 for rb in pf.iter_batches(batch_size=self.batch_rows):
                     out = self._score(pa.Table.from_batches([rb]))
                     if writer is None:
                         writer = pq.ParquetWriter(sink, out.schema, compression=self.compression)
                     writer.write_table(out)
                     rows += out.num_rows
+                    line = progress.update(rows)
+                    if line is not None:
+                        log.info("%s", line)
                 if writer is None:  # empty shard: same columns, zero rows
                     schema = pf.schema_arrow
                     for f in self.fields():
@@ -360,4 +402,4 @@ def query_counters(result) -> dict[str, int]:
 
 
 __all__ = ["ModelTaskSpec", "StageTaskSpec", "acquire_task", "is_remote", "ScoreTableDoFn", "ScoreTables",
-           "ScoreShardDoFn", "TextTaskModelHandler", "output_path", "query_counters", "NAMESPACE"]
+           "ScoreShardDoFn", "ShardProgress", "TextTaskModelHandler", "output_path", "query_counters", "NAMESPACE"]

@@ -157,6 +157,11 @@ class ModelStage(LocalStage):
                                      f"{head_dir}: a bare encoder needs a head ({HEAD_CONFIG}); make one with "
                                      f"thresher.scorers.models.save_encoder_head(dir, EncoderHead(hidden, outputs)) "
                                      f"or use a sequence-classification checkpoint")
+                if not head:            # the head names its encoder (relative to the head directory)
+                    import json
+                    with open(os.path.join(head_dir, HEAD_CONFIG)) as f:
+                        rel = (json.load(f) or {}).get("encoder", ".")
+                    enc_dir = os.path.normpath(os.path.join(head_dir, os.path.expanduser(rel)))
             tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                          "sentencepiece.bpe.model", "tokenizer.model")
             if os.path.isdir(enc_dir) and not any(os.path.exists(os.path.join(enc_dir, f)) for f in tok_files):

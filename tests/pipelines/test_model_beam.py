@@ -164,3 +164,57 @@ def test_run_inference_handler(models):
         res = (p | beam.Create(t) | RunInference(TextTaskModelHandler(spec, max_batch_size=4))
                | beam.Map(lambda r: (r.example, r.inference[M.GENERATED])))
         assert_that(res, equal_to(list(exp.items())))
+
+
+def test_shard_progress_is_throttled_and_ends_with_the_last_batch():
+    now = [100.0]
+    p = model_beam.ShardProgress("part-000.parquet", 23_100, interval_s=2.0, clock=lambda: now[0])
+    lines = []
+    for rows in range(1000, 23_100, 1000):
+        now[0] += 0.5                                 # a batch every 0.5 s: a line every 4 batches
+        lines.append(p.update(rows))
+    now[0] += 0.5
+    lines.append(p.update(23_100))                    # the last batch always reports
+    got = [ln for ln in lines if ln is not None]
+    assert len(got) == 6 and lines[-1] is not None
+    assert got[0] == "scored 4,000/23,100 rows of part-000.parquet · 2,000 docs/s · ETA 10s"
+    assert got[-1] == "scored 23,100/23,100 rows of part-000.parquet · 1,925 docs/s · ETA 0s"   # 12 s in all
+    assert model_beam._duration(22.4) == "22s" and model_beam._duration(185) == "3m05s"
+    assert model_beam._duration(7322) == "2h02m"
+
+
+def test_score_cmd_logs_progress_per_batch(models, shards, tmp_path, caplog, monkeypatch):
+    # in process, with no throttle: one line per batch of --batch-rows, the footer's row count as total
+    d, _ = shards
+    monkeypatch.setattr(model_beam.ScoreShardDoFn, "progress_interval_s", 0.0)
+    with caplog.at_level("INFO", logger="thresher.pipelines.model_beam"):
+        assert score_main(["causal_lm_loss", "--model", models["lm"], "--input", str(d), "--output",
+                           str(tmp_path / "out"), "--max-length", "32", "--stride", "8", "--batch-rows", "8",
+                           "--device", "cpu"]) == 0
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "thresher.pipelines.model_beam" and r.getMessage().startswith("scored ")
+             and " · " in r.getMessage()]
+    done = [ln.split(" ")[1] for ln in lines if ln.split(" ")[4] == "part-002.parquet"]
+    assert done == ["8/41", "16/41", "24/41", "32/41", "40/41", "41/41"], lines
+    assert [ln.split(" ")[1] for ln in lines if ln.split(" ")[4] == "part-000.parquet"] == \
+        ["8/23", "16/23", "23/23"]
+    assert not [ln for ln in lines if "part-001" in ln]   # empty shard: no batch, no progress line
+    assert all(" docs/s · ETA " in ln for ln in lines)
+
+
+def test_score_cmd_subprocess_progress_and_no_apitools_warning(models, shards, tmp_path):
+    # as a user runs it: a fresh interpreter, so Beam's import-time warning would show if not filtered
+    import subprocess
+    import sys
+    d, _ = shards
+    r = subprocess.run([sys.executable, "-m", "thresher", "score", "causal_lm_loss", "--model", models["lm"],
+                        "--input", str(d), "--output", str(tmp_path / "out"), "--max-length", "32",
+                        "--stride", "8", "--batch-rows", "8", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "apitools not found" not in r.stderr and "apitools" not in r.stdout
+    # tiny shards finish well inside the 2 s throttle: the last batch of each shard still reports
+    assert "scored 23/23 rows of part-000.parquet · " in r.stderr, r.stderr[-3000:]
+    assert "scored 41/41 rows of part-002.parquet · " in r.stderr
+    assert " docs/s · ETA 0s" in r.stderr
+    assert '"docs": 62' in r.stdout
