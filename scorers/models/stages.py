@@ -136,7 +136,13 @@ class ModelStage(LocalStage):
                                       f"pip install 'thresher[models]'") from None
         import os
 
+        import torch
+
         from thresher.scorers.models.loading import HEAD_CONFIG, CheckpointError, detect_kind
+        dev = self.config["device"]
+        if ctx.local and dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ParamError("device", f"{dev!r} requested but CUDA is not available on this machine; use "
+                                       f"device: auto (GPU when present) or cpu")
         path = os.path.abspath(os.path.expanduser(self.config["model"]))
         if not os.path.exists(path) and not ctx.local:
             return                      # e.g. baked into the workers' container image
@@ -167,12 +173,6 @@ class ModelStage(LocalStage):
             if os.path.isdir(enc_dir) and not any(os.path.exists(os.path.join(enc_dir, f)) for f in tok_files):
                 raise ParamError("model", f"{enc_dir}: no tokenizer files ({', '.join(tok_files[:3])}, ...); save the "
                                           f"tokenizer with the model (tokenizer.save_pretrained(dir))")
-        dev = self.config["device"]
-        if ctx.local and dev.startswith("cuda"):
-            import torch
-            if not torch.cuda.is_available():
-                raise ParamError("device", f"{dev!r} requested but CUDA is not available on this machine; use "
-                                           f"device: auto (GPU when present) or cpu")
 
     def task_columns(self) -> dict[str, str]:
         """task output column -> declared column."""
