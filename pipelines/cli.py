@@ -316,9 +316,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:2] == ["toxicity", "train"]:
         from thresher.pipelines.commands.toxicity import main_train
         return main_train(argv[2:])
-    if argv[:2] == ["prox", "exec"]:
-        from thresher.pipelines.commands.prox import main_exec
-        return main_exec(argv[2:])
+    if argv[:1] == ["prox"] and argv[1:2] and argv[1] in ("exec", "teach", "train"):
+        from thresher.pipelines.commands import prox
+        return {"exec": prox.main_exec, "teach": prox.main_teach, "train": prox.main_train}[argv[1]](argv[2:])
     if argv[:2] == ["preselect", "train"]:
         from thresher.pipelines.commands.preselect import main as ps_main
         return ps_main(argv[2:])
@@ -376,8 +376,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub.add_parser("score", help="run one model task over a corpus (see: thresher score --help)")
     tp = sub.add_parser("toxicity", help="toxicity tools (thresher toxicity train --help)")
     tp.add_argument("action", choices=["train"])
-    xp = sub.add_parser("prox", help="ProX tools (thresher prox exec --text FILE --program FILE)")
-    xp.add_argument("action", choices=["exec"])
+    xp = sub.add_parser("prox", help="ProX tools: exec (run a program), teach (make pairs), train (a refining model)")
+    xp.add_argument("action", choices=["exec", "teach", "train"])
     pp = sub.add_parser("preselect", help="PreSelect tools (thresher preselect train CONFIG)")
     pp.add_argument("action", choices=["train"])
 

@@ -27,6 +27,7 @@ STAGE_PACKAGES = (
     "thresher.scorers.filters",
     "thresher.scorers.dedup",
     "thresher.scorers.selection",
+    "thresher.scorers.refine",
     "thresher.scorers.models.stages",
 )
 ENTRY_POINT_GROUP = "thresher.stages"
