@@ -309,7 +309,7 @@ class Generate(ModelStage):
     doc = "Greedy generation per document with a causal LM (chat template, stop strings); writes `generated`."
     task = M.TASK_GENERATE
     kinds = ("causal_lm",)
-    task_params = ("max_new_tokens", "stop", "system", "prompt", "template")
+    task_params = ("max_new_tokens", "stop", "system", "prompt", "template", "batching")
     params = {
         **MODEL_PARAMS,
         "max_new_tokens": Param(int, 256, "tokens generated at most", between(1)),
@@ -317,6 +317,9 @@ class Generate(ModelStage):
         "system": Param(str, None, "system message", nullable=True),
         "prompt": Param(str, None, "user message; {text} is replaced by the document", nullable=True),
         "template": Param(str, "auto", "auto | chat | fallback | none | a custom template with {user}"),
+        "batching": Param(str, "auto", "auto (continuous on CUDA, static on CPU) | static (length-sorted token-budget "
+                                       "batches) | continuous (transformers' generate_batch, paged attention)",
+                          one_of("auto", "static", "continuous")),
     }
     columns = (Column(M.GENERATED, pa.string(), "the generated text"),)
     reasons = ()

@@ -532,8 +532,19 @@ class Generate(ModelTask):
     kinds = (KIND_CAUSAL_LM,)
 
     def __init__(self, model: LoadedModel, *, max_new_tokens: int = 256, stop: Optional[Sequence[str]] = None,
-                 system: Optional[str] = None, prompt: Optional[str] = None, template: str = "auto", **kw: Any):
+                 system: Optional[str] = None, prompt: Optional[str] = None, template: str = "auto",
+                 batching: str = "auto", **kw: Any):
         super().__init__(model, **kw)
+        if batching not in ("auto", "static", "continuous"):
+            raise ValueError(f"batching must be auto, static or continuous, got {batching!r}")
+        # continuous batching (transformers' generate_batch over a paged KV cache) keeps the
+        # GPU full while short programs finish early; on CPU its scheduling overhead costs more
+        # than it saves, so `auto` uses it on CUDA only. Stop strings need the static path.
+        if batching == "auto":
+            batching = "continuous" if self.engine.device.type == "cuda" and not stop else "static"
+        if batching == "continuous" and stop:
+            raise ValueError("stop strings need batching: static")
+        self.batching = batching
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         self.max_new_tokens = int(max_new_tokens)
@@ -598,9 +609,48 @@ class Generate(ModelTask):
         t0 = time.perf_counter()
         prompts = self._prompt_ids(docs)
         self.stats.tokenize_s += time.perf_counter() - t0
-        out = self.engine.run([len(p) + self.max_new_tokens for p in prompts],
-                              lambda idx: self._step([prompts[i] for i in idx]))
+        if self.batching == "continuous":
+            out = self._continuous(prompts)
+        else:
+            out = self.engine.run([len(p) + self.max_new_tokens for p in prompts],
+                                  lambda idx: self._step([prompts[i] for i in idx]))
         return {self.column_prefix + M.GENERATED: out}
+
+    def _generation_config(self):
+        from transformers import GenerationConfig
+        base_cfg = getattr(self.lm.model, "generation_config", None)
+        eos = getattr(base_cfg, "eos_token_id", None)
+        if eos is None:
+            eos = self.lm.tokenizer.eos_token_id
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                pad_token_id=self.pad_id, eos_token_id=eos,
+                                bos_token_id=getattr(base_cfg, "bos_token_id", None),
+                                stop_strings=self.stop or None)
+
+    def _continuous(self, prompts: list[list[int]]) -> list[str]:
+        """All prompts through ``generate_batch``: requests join and leave the running batch
+        as they finish (paged attention); greedy, so the outputs equal ``generate``'s."""
+        import torch
+        t0 = time.perf_counter()
+        model = self.lm.model
+        if getattr(model.config, "_attn_implementation", None) == "eager":
+            model.set_attn_implementation("paged|eager")     # sdpa and flash attention page by themselves
+        tok = self.lm.tokenizer
+        with torch.inference_mode(), self.engine.autocast():
+            res = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=self._generation_config(),
+                                       progress_bar=False)
+        outs = [res[k].generated_tokens for k in res]
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"continuous batching returned {len(outs)} of {len(prompts)} generations")
+        eos = self._generation_config().eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        texts = [tok.decode([t for t in o if t not in eos], skip_special_tokens=True) for o in outs]
+        st = self.engine.stats
+        st.batches += 1
+        st.processed_tokens += sum(len(p) for p in prompts) + sum(len(o) for o in outs)
+        st.padded_tokens += sum(len(p) for p in prompts) + sum(len(o) for o in outs)
+        st.model_s += time.perf_counter() - t0
+        return [self._cut(t) for t in texts]
 
     def _step(self, prompts: list[list[int]]) -> list[str]:
         from transformers import GenerationConfig

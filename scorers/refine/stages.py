@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from thresher.schemas import models as M
-from thresher.scorers.base import Column, Param, StageOutput, between, first_reason
+from thresher.scorers.base import Column, Param, StageOutput, between, first_reason, one_of
 from thresher.scorers.models.stages import MODEL_PARAMS, ModelStage
 from thresher.scorers.refine.program import Limits, run_program
 from thresher.scorers.registry import register
@@ -36,6 +36,8 @@ _PROX_PARAMS = {
                                      "fallback | none | a custom template with {user} and {system}"),
     "system": Param(str, SYSTEM, "system message"),
     "max_errors": Param(int, 2, "a program with this many error operations is ignored", between(1)),
+    "batching": Param(str, "auto", "generation: auto (continuous on CUDA, static on CPU) | static | continuous",
+                      one_of("auto", "static", "continuous")),
 }
 
 
@@ -46,7 +48,7 @@ def _template(cfg: dict) -> str:
 class _ProxStage(ModelStage):
     task = M.TASK_GENERATE
     kinds = ("causal_lm",)
-    task_params = ("max_new_tokens", "system", "template")
+    task_params = ("max_new_tokens", "system", "template", "batching")
 
     def task_options(self, **extra: Any) -> dict[str, Any]:
         opts = super().task_options(**extra)
