@@ -150,6 +150,8 @@ def _string(s: str, i: int) -> tuple[str, int]:
 
 def _value(s: str, i: int) -> tuple[Value, int]:
     c = s[i] if i < len(s) else ""
+    if not c:
+        raise ParseError("expected a value at the end of the line")
     if c in "\"'":
         return _string(s, i)
     if c.isdigit() or (c in "+-" and i + 1 < len(s) and s[i + 1].isdigit()):
@@ -320,6 +322,8 @@ def run_program(text: str, program: str, limits: Limits = Limits(), length_rule:
                     continue             # skipped, as the reference does
                 normalizations.append((src, tgt))
         except ParseError:
+            errors += 1
+        except Exception:  # noqa: BLE001 - defence in depth: a parser bug must never crash a stage
             errors += 1
     if errors >= limits.max_errors:
         return Result(text=text, errors=errors, ignored=True)
