@@ -142,3 +142,13 @@ def test_doc_stage_keeps_or_drops(loop, tmp_path):
     assert stats["kept_rows"] == 68
     raw = loop["docs"]
     assert all(raw[i] == x for i, x in zip(t["id"].to_pylist(), t["text"].to_pylist()))
+
+
+def test_teach_with_a_model_as_teacher(loop, tmp_path):
+    root = loop["root"]
+    cli("prox", "teach", "--input", root / "test", "--output", tmp_path / "pairs", "--teacher", root / "refiner",
+        "--chunk-tokens", 300, "--limit", 6)
+    t = pq.read_table(tmp_path / "pairs" / "pairs.parquet")
+    assert t.num_rows >= 6 and set(t["level"].to_pylist()) == {"chunk"}
+    # the trained model writes programs in the language (here: line removals)
+    assert sum("remove_lines(" in p for p in t["program"].to_pylist()) >= 4
