@@ -249,3 +249,37 @@ def test_curate_shards_in_a_users_pipeline_does_the_bookkeeping(tmp_path):
     with pytest.raises(thresher.ConfigError, match="holds the output of another run"):
         with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as bp:
             _ = bp | thresher.CurateShards(thresher.plan({"input": other, "output": out, "stages": [{"name": "length"}]}))
+
+
+def test_model_directory_without_tokenizer_is_named(tmp_path, bare_encoder):
+    import shutil
+    d = tmp_path / "no_tok"
+    shutil.copytree(bare_encoder, d)
+    from thresher.scorers.models import EncoderHead, save_encoder_head
+    save_encoder_head(str(d), EncoderHead(32, 1))
+    for f in os.listdir(d):
+        if f.startswith(("tokenizer", "vocab", "special_tokens")):
+            os.remove(d / f)
+    src = corpus_dir(tmp_path, "in", "wiki_summaries.parquet", 20, shards=1)
+    r = cli("run", config(tmp_path, "c", src, tmp_path / "o", f"[{{name: classifier, model: {d}}}]"), "--quiet")
+    assert r.returncode == 2 and len(lines(r.stderr)) == 1 and "no tokenizer files" in r.stderr, r.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal the progress is a tqdm bar per phase (here: a fake terminal stream)."""
+    import io as _io
+
+    from thresher.pipelines.api import Progress
+    src = corpus_dir(tmp_path, "in", "wiki_summaries.parquet", 300, shards=3)
+    out = tmp_path / "out"
+    p = thresher.plan({"input": src, "output": str(out), "stages": [{"name": "exact_dedup"}]})
+    from conftest import local_run
+    local_run({"input": src, "output": str(out), "stages": [{"name": "exact_dedup"}]})
+    stream = _io.StringIO()
+    prog = Progress(p, stream=stream, tty=True)
+    prog._print()
+    prog._print(final=True)
+    if prog._bar is not None:
+        prog._bar.close()
+    text = stream.getvalue()
+    assert "thresher applying decisions and writing" in text and "300/300" in text and "docs" in text
