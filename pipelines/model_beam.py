@@ -55,6 +55,17 @@ _COUNTERS = ("docs", "doc_tokens", "processed_tokens", "padded_tokens", "batches
 BUILD_COUNT = 0
 
 
+def _logged_build(spec, make):
+    """Build a task (counted in BUILD_COUNT) and log how long loading took."""
+    global BUILD_COUNT
+    BUILD_COUNT += 1
+    t0 = time.perf_counter()
+    task = make()
+    log.info("loaded %s for %s in %.1fs (device %s)", spec.model, spec.task, time.perf_counter() - t0,
+             task.engine.device)
+    return task
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelTaskSpec:
     """What to run: ``build_task(task, model, head=head, weights_dtype=…, **options)``."""
@@ -77,16 +88,10 @@ class ModelTaskSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
 
     def build(self):
-        global BUILD_COUNT
         from thresher.scorers.models import build_task
-
-        BUILD_COUNT += 1
         opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options}
-        t0 = time.perf_counter()
-        task = build_task(self.task, self.model, head=self.head, weights_dtype=self.weights_dtype, **opts)
-        log.info("loaded %s for %s in %.1fs (device %s)", self.model, self.task, time.perf_counter() - t0,
-                 task.engine.device)
-        return task
+        return _logged_build(self, lambda: build_task(self.task, self.model, head=self.head,
+                                                      weights_dtype=self.weights_dtype, **opts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +124,9 @@ class StageTaskSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
 
     def build(self):
-        global BUILD_COUNT
         from thresher.scorers.registry import get
-        BUILD_COUNT += 1
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params}
-        t0 = time.perf_counter()
-        task = get(self.stage)(**params).load(column_prefix=self.column_prefix).task
-        log.info("loaded %s for %s in %.1fs (device %s)", self.model, self.task, time.perf_counter() - t0,
-                 task.engine.device)
-        return task
+        return _logged_build(self, lambda: get(self.stage)(**params).load(column_prefix=self.column_prefix).task)
 
 
 class _Loaded:

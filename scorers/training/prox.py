@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from thresher.scorers.training.lm import optimizer_step
+
 
 def render(template: str, system: str, user: str) -> str:
     """The prompt text the ``generate`` task renders for a custom template."""
@@ -82,13 +84,7 @@ def train_refiner(pairs: Sequence[tuple[str, str]], output: str, *, base: Option
             ids[b, : len(x)] = torch.tensor(x)
             lab[b, : len(y)] = torch.tensor(y)
             att[b, : len(x)] = 1
-        out = model(input_ids=ids, attention_mask=att, labels=lab)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        last = float(out.loss.detach())
+        last = optimizer_step(model, opt, sched, model(input_ids=ids, attention_mask=att, labels=lab).loss)
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps}: loss on program tokens {last:.3f}")
     model.train(False)

@@ -1,7 +1,6 @@
 """Model tasks through Beam: the table DoFn, RunInference handler, and ``thresher score``."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 
@@ -9,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -18,7 +16,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from conftest import bench  # noqa: E402
 
 from thresher.pipelines import model_beam  # noqa: E402
 from thresher.pipelines.commands.score import main as score_main  # noqa: E402
@@ -30,19 +28,10 @@ from thresher.pipelines.model_beam import (  # noqa: E402
 from thresher.schemas import models as M  # noqa: E402
 from thresher.scorers.models import EncoderHead, build_task, save_encoder_head  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "thresher_bench_model_scorers_b", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
+B = bench("model_scorers", "thresher_bench_model_scorers_b")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a shared, loaded box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 WORDS = "alpha beta gamma delta river stone light paper music city train data model token".split()

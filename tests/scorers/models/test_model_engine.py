@@ -1,7 +1,6 @@
 """Model-scorer engine, loaders and tasks on tiny offline models (CPU)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import random
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from conftest import ROOT  # noqa: E402
+from conftest import bench  # noqa: E402
 
 from thresher.schemas import models as M  # noqa: E402
 from thresher.scorers.models import (  # noqa: E402
@@ -37,23 +36,13 @@ from thresher.scorers.models.tasks import CausalLMLoss, EncoderScore, Generate  
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "thresher_bench_model_scorers", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench("model_scorers", "thresher_bench_model_scorers")
 
 
 B = _bench()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a shared, loaded box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORDS = ("the of and to in data model token quality filter corpus web page text score window batch length "
          "language document train learn small large fast slow river mountain city music paper stone light "

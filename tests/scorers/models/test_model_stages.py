@@ -3,7 +3,6 @@ gopher_quality, one step or a step of their own with an accelerator hint."""
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -19,7 +18,7 @@ pytest.importorskip("transformers")
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from conftest import (  # noqa: E402
-    ROOT,  # noqa: E402
+    bench,
     corpus,
     local_run,
 )
@@ -29,21 +28,13 @@ from thresher.pipelines.transforms import CurateShards  # noqa: E402
 from thresher.scorers.models import EncoderHead, save_encoder_head  # noqa: E402
 from thresher.scorers.models import stages as MS  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "thresher_bench_model_scorers_s", os.path.join(ROOT, "benchmarks", "model_scorers.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
+B = bench("model_scorers", "thresher_bench_model_scorers_s")
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 HINT = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,16 @@
 """The PreSelect proof benchmark (benchmarks/preselect_proof.py) runs end to end at its smallest settings."""
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 from conftest import (
-    ROOT,  # noqa: E402
+    bench,
     corpus,
 )
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "thresher_bench_preselect_proof", os.path.join(ROOT, "benchmarks", "preselect_proof.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench("preselect_proof", "thresher_bench_preselect_proof")
 
 
 def test_auc_rank_statistic():
