@@ -90,7 +90,6 @@ def run_fingerprint(cfg: Config, shards: list) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-#: runner names Beam resolves itself (lower-cased), plus thresher's local aliases
 def check_runner(runner: str) -> None:
     """A runner name Beam knows (or a dotted class path); else a config error with a hint."""
     if runner in LOCAL_RUNNERS or "." in runner:

@@ -23,27 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
-
-class _NoApitoolsWarning(logging.Filter):
-    """Drops the one warning Beam's BigQuery client package logs on the root logger at import
-    (``apitools not found, and bigquery client libraries are not available ...``): this command
-    never touches BigQuery, and the line on every run reads like a problem."""
-
-    PREFIX = "apitools not found, and bigquery client libraries are not available"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "root" and record.levelno == logging.WARNING
-                    and str(record.msg).startswith(self.PREFIX))
-
-
-def _silence_apitools_warning() -> None:
-    """Install :class:`_NoApitoolsWarning` on the root logger (once); before ``apache_beam`` is imported."""
-    root = logging.getLogger()
-    if not any(isinstance(f, _NoApitoolsWarning) for f in root.filters):
-        root.addFilter(_NoApitoolsWarning())
-
-
-_silence_apitools_warning()  # at import: this module is imported before apache_beam on the command's path
+# Beam's apitools warning is dropped by the filter thresher.pipelines installs at import.
 
 TASK_NAMES = ("causal_lm_loss", "encoder_score", "generate")
 #: the model stage that runs each task
@@ -151,7 +131,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)   # thresher's own INFO lines only
-    _silence_apitools_warning()
 
     model = os.path.abspath(os.path.expanduser(args.model))
     if not os.path.exists(model) and args.runner not in _LOCAL_RUNNERS:  # e.g. baked into the workers' image

@@ -173,21 +173,32 @@ class ProxChunk(_ProxStage):
 
     def chunks(self, text: str) -> list[str]:
         """The user turns of one document: numbered lines packed into ``[doc]`` chunks."""
+        return self.chunks_of([text])[0]
+
+    def chunks_of(self, texts: list[str]) -> list[list[str]]:
+        """The user turns of each document; every line of the batch is tokenised in one call."""
         self.setup()
         tok = self._handle.task.lm.tokenizer
         budget = self.config["chunk_tokens"]
-        lines = number_lines(text)
-        ids = tok(lines, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-        for i, seq in enumerate(ids):
-            if len(seq) > budget:                      # an over-long line is cut to the budget
-                lines[i] = tok.decode(seq[:budget])
-                ids[i] = seq[:budget]
-        packed = pack_chunks(lines, [len(s) + 1 for s in ids], budget)
-        return ["[doc]\n" + "\n".join(lines[j] for j in c) + "\n[/doc]" for c in packed]
+        per_doc = [number_lines(t) for t in texts]
+        flat = [line for lines in per_doc for line in lines]
+        ids = (tok(flat, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+               if flat else [])
+        out, pos = [], 0
+        for lines in per_doc:
+            seqs = ids[pos:pos + len(lines)]
+            pos += len(lines)
+            for i, seq in enumerate(seqs):
+                if len(seq) > budget:                  # an over-long line is cut to the budget
+                    lines[i] = tok.decode(seq[:budget])
+                    seqs[i] = seq[:budget]
+            packed = pack_chunks(lines, [len(q) + 1 for q in seqs], budget)
+            out.append(["[doc]\n" + "\n".join(lines[j] for j in c) + "\n[/doc]" for c in packed])
+        return out
 
     def process(self, text: pa.Array, batch: pa.Table) -> StageOutput:
         docs = text.to_pylist()
-        per_doc = [self.chunks(d) for d in docs]
+        per_doc = self.chunks_of(docs)
         flat = [c for cs in per_doc for c in cs]
         programs_flat = self.generate(flat) if flat else []
         lim = self.limits()
