@@ -322,6 +322,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:2] == ["preselect", "train"]:
         from thresher.pipelines.commands.preselect import main as ps_main
         return ps_main(argv[2:])
+    if argv[:1] == ["mates"] and argv[1:2] and argv[1] in ("probe", "fit", "loop"):
+        from thresher.pipelines.commands import mates
+        return {"probe": mates.main_probe, "fit": mates.main_fit, "loop": mates.main_loop}[argv[1]](argv[2:])
 
     ap = argparse.ArgumentParser(prog="thresher", description="Curate LM pretraining corpora with Apache Beam.")
     from thresher import __version__
@@ -380,6 +383,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     xp.add_argument("action", choices=["exec", "teach", "train"])
     pp = sub.add_parser("preselect", help="PreSelect tools (thresher preselect train CONFIG)")
     pp.add_argument("action", choices=["train"])
+    mp = sub.add_parser("mates", help="MATES tools: probe (oracle influence), fit (influence model), loop CONFIG")
+    mp.add_argument("action", choices=["probe", "fit", "loop"])
 
     args, rest = ap.parse_known_args(argv)
     if args.cmd != "run" and rest:

@@ -69,17 +69,15 @@ class _Loaded:
         self.lock = threading.Lock()
 
 
-class ModelStage(LocalStage):
-    """Base of the stages that run a model from the engine (``task``).
-
-    Subclasses set ``task``, their ``columns`` (the task's output columns, declared) and
-    ``task_params`` (their own parameters, passed to the task), and may override
-    ``decide(columns) -> reasons``. ``engine_stats`` counters are reported per shard."""
+class ModelBacked:
+    """What every stage that runs an engine task shares (mixed into a ``LocalStage`` as
+    :class:`ModelStage`, or into a global stage such as ``mates``): the task built once per
+    process from ``model`` and the engine options, the accelerator hint, the preflight checks
+    of the model path, and the engine counters reported per shard."""
 
     task: ClassVar[str] = ""
     task_params: ClassVar[tuple[str, ...]] = ()
     resources = Resources(accelerator=True, note="GPU when present (device auto); CPU otherwise")
-    params: ClassVar[dict[str, Param]] = MODEL_PARAMS
     _loaded = ("_handle",)
 
     def __init__(self, **kwargs: Any):
@@ -117,9 +115,6 @@ class ModelStage(LocalStage):
     def setup(self) -> None:
         if self._handle is None:
             self._handle = self.load()
-
-    def decide(self, cols: dict[str, pa.Array]) -> Optional[pa.Array]:
-        return None
 
     #: model kinds this stage's task accepts (``loading.detect_kind``)
     kinds: ClassVar[tuple[str, ...]] = ()
@@ -174,6 +169,29 @@ class ModelStage(LocalStage):
                 raise ParamError("model", f"{enc_dir}: no tokenizer files ({', '.join(tok_files[:3])}, ...); save the "
                                           f"tokenizer with the model (tokenizer.save_pretrained(dir))")
 
+    def take_stats(self) -> Optional[dict[str, float]]:
+        """Engine counters since the last call (docs, tokens, padding, OOM back-offs, seconds)."""
+        if self._handle is None:
+            return None
+        cur = {k: v for k, v in self._handle.task.stats.as_dict().items()
+               if k not in ("docs_per_s", "tokens_per_s", "padding_waste")}
+        delta = {k: v - self._reported.get(k, 0) for k, v in cur.items()}
+        self._reported = cur
+        return delta
+
+
+class ModelStage(ModelBacked, LocalStage):
+    """Base of the local stages that run a model from the engine (``task``).
+
+    Subclasses set ``task``, their ``columns`` (the task's output columns, declared) and
+    ``task_params`` (their own parameters, passed to the task), and may override
+    ``decide(columns) -> reasons``. ``engine_stats`` counters are reported per shard."""
+
+    params: ClassVar[dict[str, Param]] = MODEL_PARAMS
+
+    def decide(self, cols: dict[str, pa.Array]) -> Optional[pa.Array]:
+        return None
+
     def task_columns(self) -> dict[str, str]:
         """task output column -> declared column."""
         return {c.name: c.name for c in self.active_columns()}
@@ -185,16 +203,6 @@ class ModelStage(LocalStage):
         names = self.task_columns()
         cols = {names[k]: v for k, v in raw.items() if k in names}
         return StageOutput(columns=cols, reasons=self.decide(cols))
-
-    def take_stats(self) -> Optional[dict[str, float]]:
-        """Engine counters since the last call (docs, tokens, padding, OOM back-offs, seconds)."""
-        if self._handle is None:
-            return None
-        cur = {k: v for k, v in self._handle.task.stats.as_dict().items()
-               if k not in ("docs_per_s", "tokens_per_s", "padding_waste")}
-        delta = {k: v - self._reported.get(k, 0) for k, v in cur.items()}
-        self._reported = cur
-        return delta
 
 
 @register

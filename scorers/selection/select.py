@@ -164,7 +164,7 @@ class ScoreThenSelect(GlobalStage):
         ih = stable_id_hash(keys["_id"].combine_chunks()) if n else np.zeros(0, np.uint64)
         mask, thr = self.select(scores, chars, ih)
         total = int(chars.sum())
-        stats = {"mode": self.mode, "gumbel_temperature": self.config["gumbel_temperature"],
+        stats = {"mode": self.mode, "gumbel_temperature": self.config.get("gumbel_temperature"),
                  "threshold": thr, "selected_docs": int(mask.sum()), "docs": n,
                  "selected_chars": int(chars[mask].sum()), "chars": total,
                  "selected_char_fraction": float(chars[mask].sum() / total) if total else 0.0}
