@@ -166,8 +166,10 @@ class Progress:
     line when something changed, at most every ``interval`` seconds, and a heartbeat
     every ``heartbeat`` seconds while a phase has nothing to count, e.g. a global step)."""
 
-    def __init__(self, p: E.Plan, stream=sys.stderr, interval: float = 1.0, enabled: bool = True,
+    def __init__(self, p: E.Plan, stream=None, interval: float = 1.0, enabled: bool = True,
                  heartbeat: float = 10.0, tty: Optional[bool] = None):
+        # the stream is looked up per run, not at import (a test harness or a caller may swap sys.stderr)
+        stream = sys.stderr if stream is None else stream
         self.p, self.stream, self.interval, self.enabled, self.heartbeat = p, stream, interval, enabled, heartbeat
         self._stop = threading.Event()
         self.t0 = time.time()

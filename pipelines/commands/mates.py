@@ -19,8 +19,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -229,9 +229,10 @@ def main_probe(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:          # ProbeError, CheckpointError: the user's files
         _err(str(e))
         return 2
+    state = "restored" if card["optimizer"]["optimizer_state"] else "absent (fresh AdamW)"
     print(f"probed {card['probes']:,} candidates: {card['seconds_per_probe']:.4f} s per probe "
           f"({card['probes_per_second']:.2f} probes/s on {card['device']}); base reference loss "
-          f"{card['base_ref_loss']:.4f}; optimizer state {'restored' if card['optimizer']['optimizer_state'] else 'absent (fresh AdamW)'}; "
+          f"{card['base_ref_loss']:.4f}; optimizer state {state}; "
           f"wrote {os.path.join(a.output, ORACLE_FILE)}")
     return 0
 
@@ -263,7 +264,7 @@ def main_fit(argv: Optional[Sequence[str]] = None) -> int:
         _err(str(e))
         return 2
     print(f"influence model: held-out Spearman {card['best_spearman']:.3f} "
-          f"({card['train_size']:,} train / {card['heldout_size']:,} held out); wrote {a.output}")
+          f"({card['n_train']:,} train / {card['n_heldout']:,} held out); wrote {a.output}")
     return 0
 
 

@@ -53,7 +53,8 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -314,7 +315,7 @@ def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
             fopts = {k: v for k, v in cfg["fit"].items() if k != "encoder"}
             fopts.setdefault("seed", cfg["seed"])
             fcard = fit(orc, pools[i], cfg["fit"]["encoder"], infl, overwrite=True, log=log, **fopts)
-            rec["fit"] = {k: fcard.get(k) for k in ("best_spearman", "train_size", "heldout_size", "seconds")}
+            rec["fit"] = {k: fcard.get(k) for k in ("best_spearman", "n_train", "n_heldout", "seconds")}
             model = infl
             log(f"stage {i}: influence model held-out Spearman {fcard.get('best_spearman'):.3f}")
         sel = select(pools[i], os.path.join(sd, "select"), cfg, i, model)

@@ -168,8 +168,8 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
         conts = table["continuation"].to_pylist()
         ok = [i for i in range(len(prompts)) if isinstance(prompts[i], str) and isinstance(conts[i], str)
               and conts[i]]
-        p_ids = tokenizer([prompts[i] for i in ok], add_special_tokens=False)["input_ids"] if ok else []
-        c_ids = tokenizer([conts[i] for i in ok], add_special_tokens=False)["input_ids"] if ok else []
+        p_ids = tokenizer([prompts[i] for i in ok], add_special_tokens=False, verbose=False)["input_ids"] if ok else []
+        c_ids = tokenizer([conts[i] for i in ok], add_special_tokens=False, verbose=False)["input_ids"] if ok else []
         for p, c in zip(p_ids, c_ids):
             if not c:
                 continue
@@ -187,7 +187,7 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
     elif "text" in cols:
         kind = "text"
         texts = [t for t in table["text"].to_pylist() if isinstance(t, str) and t]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
         for s in ids:
             seq = pre + s
             if len(seq) > max_length:
@@ -285,7 +285,7 @@ class Prober:
 
     # -------------------------------------------------------------- probe
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        ids = self.tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [(self.pre + s)[: self.max_length] for s in ids]
 
     def step_on(self, seq: list[int]) -> None:
