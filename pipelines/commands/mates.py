@@ -263,7 +263,8 @@ def main_fit(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError, InputError, ValueError) as e:
         _err(str(e))
         return 2
-    print(f"influence model: held-out Spearman {card['best_spearman']:.3f} "
+    sp = card["best_spearman"]
+    print(f"influence model: held-out Spearman {'n/a (constant predictions)' if sp is None else f'{sp:.3f}'} "
           f"({card['n_train']:,} train / {card['n_heldout']:,} held out); wrote {a.output}")
     return 0
 

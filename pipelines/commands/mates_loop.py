@@ -317,7 +317,8 @@ def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
             fcard = fit(orc, pools[i], cfg["fit"]["encoder"], infl, overwrite=True, log=log, **fopts)
             rec["fit"] = {k: fcard.get(k) for k in ("best_spearman", "n_train", "n_heldout", "seconds")}
             model = infl
-            log(f"stage {i}: influence model held-out Spearman {fcard.get('best_spearman'):.3f}")
+            sp = fcard.get("best_spearman")
+            log(f"stage {i}: influence model held-out Spearman {'n/a' if sp is None else f'{sp:.3f}'}")
         sel = select(pools[i], os.path.join(sd, "select"), cfg, i, model)
         rec.update({"pool_docs": sel["docs"], "selected_docs": sel["selected_docs"],
                     "selected_chars": sel["selected_chars"]})

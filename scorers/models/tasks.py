@@ -522,8 +522,17 @@ class Generate(ModelTask):
     ``none`` (the prompt as is), or a custom string with ``{user}`` and
     optionally ``{system}``. ``max_length`` bounds the document's tokens
     (default: what fits in the model's positions after the template and
-    ``max_new_tokens``). Output stops at EOS, after ``max_new_tokens``, or at
-    the first of ``stop`` (the stop string itself is removed).
+    ``max_new_tokens``, or, when those leave no room, after the template and
+    one generated token; an explicit one is capped there too). Output stops at
+    EOS, after ``max_new_tokens``, or at the first of ``stop`` (the stop string
+    itself is removed).
+
+    At the context limit generation behaves as vLLM's does: a sequence stops when it
+    reaches the model's positions, so each prompt generates at most
+    ``min(max_new_tokens, max_positions - prompt tokens)`` tokens (no clamp when the model's
+    positions are unknown). A batch is generated up to its smallest ceiling in one call;
+    only prompts still unfinished below their own ceiling are continued in another call
+    (:meth:`_by_ceiling`), so an output never depends on which prompts share its batch.
     """
 
     name = M.TASK_GENERATE
@@ -562,13 +571,16 @@ class Generate(ModelTask):
         self.template = template
         self.pad_id = next(x for x in (tok.pad_token_id, tok.eos_token_id, 0) if x is not None)
         overhead = len(self._prompt_ids([""])[0])
+        #: the model's positions; None: unknown, generation is not clamped
+        self.max_positions = model.max_positions
         maxpos = model.max_positions or (MAX_DEFAULT_LM_CONTEXT * 4)
-        room = maxpos - self.max_new_tokens - overhead
+        fit = maxpos - overhead - 1          # document tokens that still leave one generated token
+        if fit < 1:
+            raise ValueError(f"the template ({overhead} tokens) leaves no room for text and one generated "
+                             f"token in {maxpos} positions")
         ml = kw.get("max_length")
-        if room < 1:
-            raise ValueError(f"the template ({overhead} tokens) and max_new_tokens ({self.max_new_tokens}) "
-                             f"leave no room for text in {maxpos} positions")
-        self.max_length = min(int(ml), room) if ml is not None else room
+        room = maxpos - overhead - self.max_new_tokens
+        self.max_length = min(int(ml), fit) if ml is not None else (room if room >= 1 else fit)
 
     def render(self, doc: str) -> str:
         """The prompt text for one document (before tokenisation)."""
@@ -590,71 +602,122 @@ class Generate(ModelTask):
         return self.lm.tokenizer(prompts, add_special_tokens=specials, return_attention_mask=False,
                                  verbose=False)["input_ids"]
 
+    def ceiling(self, prompt_tokens: int) -> int:
+        """Tokens a prompt of ``prompt_tokens`` tokens may generate: ``max_new_tokens``, or
+        fewer where the sequence would pass the model's positions."""
+        if self.max_positions is None:
+            return self.max_new_tokens
+        return max(1, min(self.max_new_tokens, self.max_positions - prompt_tokens))
+
     def _score(self, texts: list[str]) -> dict[str, Any]:
         ids, offs = self._encode(texts, offsets=True,
                                  head_limit=self.max_length if self.truncation == "head" else None)
-        docs = []
-        for d, (text, seq) in enumerate(zip(texts, ids)):
+
+        def cut(d: int, limit: int) -> tuple[str, int]:
+            text, seq = texts[d], ids[d]
             n = len(seq)
-            head, tail = _keep(n, self.max_length, self.truncation)
-            self.stats.doc_tokens += head + tail
+            if limit < 1:
+                return "", 0
+            head, tail = _keep(n, limit, self.truncation)
             if head + tail >= n:
-                docs.append(text)
-            elif offs is not None:
+                return text, n
+            if offs is not None:
                 o = offs[d]
-                docs.append(text[:o[head - 1][1]] + (text[o[n - tail][0]:] if tail else ""))
-            else:
-                dec = self.lm.tokenizer.decode
-                docs.append(dec(seq[:head]) + (dec(seq[n - tail:]) if tail else ""))
+                return text[:o[head - 1][1]] + (text[o[n - tail][0]:] if tail else ""), head + tail
+            dec = self.lm.tokenizer.decode
+            return dec(seq[:head]) + (dec(seq[n - tail:]) if tail else ""), head + tail
+
+        pairs = [cut(d, self.max_length) for d in range(len(texts))]
+        docs, kept = [p[0] for p in pairs], [p[1] for p in pairs]
         t0 = time.perf_counter()
         prompts = self._prompt_ids(docs)
+        if self.max_positions is not None:
+            # the document's tokens and the prompt's need not add up exactly (merges across the
+            # template's edges): a prompt that leaves no position to generate in loses the excess
+            # from its document, and is rendered again (an empty document always fits)
+            top = self.max_positions - 1
+            for d in range(len(prompts)):
+                while len(prompts[d]) > top and kept[d] > 0:
+                    docs[d], kept[d] = cut(d, kept[d] - (len(prompts[d]) - top))
+                    prompts[d] = self._prompt_ids([docs[d]])[0]
         self.stats.tokenize_s += time.perf_counter() - t0
+        self.stats.doc_tokens += sum(kept)
+        ceilings = [self.ceiling(len(p)) for p in prompts]
         if self.batching == "continuous":
-            out = self._continuous(prompts)
+            out = self._continuous(prompts, ceilings)
         else:
-            out = self.engine.run([len(p) + self.max_new_tokens for p in prompts],
-                                  lambda idx: self._step([prompts[i] for i in idx]))
+            out = self.engine.run([len(p) + c for p, c in zip(prompts, ceilings)],
+                                  lambda idx: self._step([prompts[i] for i in idx], [ceilings[i] for i in idx]))
         return {self.column_prefix + M.GENERATED: out}
 
-    def _generation_config(self):
+    def _generation_config(self, max_new_tokens: Optional[int] = None):
         from transformers import GenerationConfig
         base_cfg = getattr(self.lm.model, "generation_config", None)
         eos = getattr(base_cfg, "eos_token_id", None)
         if eos is None:
             eos = self.lm.tokenizer.eos_token_id
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+        return GenerationConfig(max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=self.pad_id, eos_token_id=eos,
                                 bos_token_id=getattr(base_cfg, "bos_token_id", None),
                                 stop_strings=self.stop or None)
 
-    def _continuous(self, prompts: list[list[int]]) -> list[str]:
-        """All prompts through ``generate_batch``: requests join and leave the running batch
-        as they finish (paged attention); greedy, so the outputs equal ``generate``'s."""
+    def _continuous(self, prompts: list[list[int]], ceilings: Optional[list[int]] = None) -> list[str]:
+        """All prompts through ``generate_batch`` (requests join and leave the running batch as
+        they finish, paged attention; greedy, so the outputs equal ``generate``'s), see
+        :meth:`_by_ceiling` for prompts near the context limit."""
+        if ceilings is None:
+            ceilings = [self.ceiling(len(p)) for p in prompts]
+        return self._by_ceiling(prompts, ceilings, self._continuous_group)
+
+    def _by_ceiling(self, prompts: list[list[int]], ceilings: list[int], run) -> list[str]:
+        """Generate every prompt up to its own ceiling with as few calls as possible: one call
+        for all with the smallest ceiling among them (what every prompt may generate); the
+        prompts that neither finished (EOS or a stop string) nor reached their own ceiling
+        are generated again, by the same rule, with the rest of their budget. Greedy decoding
+        is prefix-consistent, so each output equals a single call with that prompt's ceiling
+        (tested), and the common case (programs far shorter than the room) is one call."""
+        c = min(ceilings)
+        texts, finished = run(prompts, c)
+        out: list[str] = list(texts)
+        again = [i for i, (f, ci) in enumerate(zip(finished, ceilings)) if not f and ci > c]
+        if again:
+            redo = self._by_ceiling([prompts[i] for i in again], [ceilings[i] for i in again], run)
+            for i, t in zip(again, redo):
+                out[i] = t
+        return out
+
+    def _continuous_group(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], list[bool]]:
         import torch
         t0 = time.perf_counter()
         model = self.lm.model
         if getattr(model.config, "_attn_implementation", None) == "eager":
             model.set_attn_implementation("paged|eager")     # sdpa and flash attention page by themselves
         tok = self.lm.tokenizer
+        cfg = self._generation_config(max_new_tokens)
         with torch.inference_mode(), self.engine.autocast():
-            res = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=self._generation_config(),
+            res = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=cfg,
                                        progress_bar=False)
         outs = [res[k].generated_tokens for k in res]
         if len(outs) != len(prompts):
             raise RuntimeError(f"continuous batching returned {len(outs)} of {len(prompts)} generations")
-        eos = self._generation_config().eos_token_id
+        eos = cfg.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
-        texts = [tok.decode([t for t in o if t not in eos], skip_special_tokens=True) for o in outs]
+        raw = [tok.decode([t for t in o if t not in eos], skip_special_tokens=True) for o in outs]
+        finished = [any(t in eos for t in o) or self._stopped(r) for o, r in zip(outs, raw)]
         st = self.engine.stats
         st.batches += 1
         st.processed_tokens += sum(len(p) for p in prompts) + sum(len(o) for o in outs)
         st.padded_tokens += sum(len(p) for p in prompts) + sum(len(o) for o in outs)
         st.model_s += time.perf_counter() - t0
-        return [self._cut(t) for t in texts]
+        return [self._cut(t) for t in raw], finished
 
-    def _step(self, prompts: list[list[int]]) -> list[str]:
-        from transformers import GenerationConfig
+    def _step(self, prompts: list[list[int]], ceilings: Optional[list[int]] = None) -> list[str]:
+        """One engine batch: left-padded ``generate`` calls, see :meth:`_by_ceiling`."""
+        if ceilings is None:
+            ceilings = [self.ceiling(len(p)) for p in prompts]
+        return self._by_ceiling(prompts, ceilings, self._generate)
 
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], list[bool]]:
         eng = self.engine
         tok = self.lm.tokenizer
         B = len(prompts)
@@ -665,20 +728,20 @@ class Generate(ModelTask):
             if p:
                 ids[b, Lm - len(p):] = p
                 mask[b, Lm - len(p):] = 1
-        model = self.lm.model
-        base_cfg = getattr(model, "generation_config", None)
-        eos = getattr(base_cfg, "eos_token_id", None)
-        if eos is None:
-            eos = tok.eos_token_id
-        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                               pad_token_id=self.pad_id, eos_token_id=eos,
-                               bos_token_id=getattr(base_cfg, "bos_token_id", None),
-                               stop_strings=self.stop or None)
+        cfg = self._generation_config(max_new_tokens)
         kw = {"tokenizer": tok} if self.stop else {}
-        out = model.generate(input_ids=eng.as_tensor(ids), attention_mask=eng.as_tensor(mask),
-                             generation_config=cfg, **kw)
-        texts = tok.batch_decode(out[:, Lm:].cpu().tolist(), skip_special_tokens=True)
-        return [self._cut(t) for t in texts]
+        out = self.lm.model.generate(input_ids=eng.as_tensor(ids), attention_mask=eng.as_tensor(mask),
+                                     generation_config=cfg, **kw)
+        gen = out[:, Lm:].cpu()
+        texts = tok.batch_decode(gen.tolist(), skip_special_tokens=True)
+        eos = cfg.eos_token_id
+        eos_t = torch.tensor(list(eos) if isinstance(eos, (list, tuple)) else [eos if eos is not None else -1])
+        hit = torch.isin(gen, eos_t).any(dim=1).tolist()
+        finished = [h or self._stopped(t) for h, t in zip(hit, texts)]
+        return [self._cut(t) for t in texts], finished
+
+    def _stopped(self, text: str) -> bool:
+        return any(s in text for s in self.stop)
 
     def _cut(self, text: str) -> str:
         cut = len(text)

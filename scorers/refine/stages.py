@@ -77,7 +77,8 @@ class ProxDoc(_ProxStage):
     params = {
         **_PROX_PARAMS,
         "max_length": Param(int, 2000, "document tokens in the prompt (the reference's 2,000)", between(1)),
-        "max_new_tokens": Param(int, 32, "tokens generated at most (a doc program is one call)", between(1)),
+        "max_new_tokens": Param(int, 2000, "tokens generated at most (the reference's 2,000; generation also "
+                                           "stops at the model's context limit, as vLLM does)", between(1)),
     }
     columns = (
         Column("prox_doc_program", pa.string(), "the program the refining model wrote"),

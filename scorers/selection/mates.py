@@ -67,8 +67,11 @@ class Mates(ModelBacked, ScoreThenSelect):
     prediction were 0 (the authors' random-selection control; no model is loaded and
     `mates_influence` is null). Documents are scored in windows of the encoder's length,
     pooled together, up to `max_doc_tokens` (default: the influence model's card, else 1,024).
-    Unselected documents are rejected as `mates.not_selected`; `_global/mates.json` records
-    k, the cut and the selected characters. `thresher mates probe | fit | loop` make the model
+    The temperature acts on the prediction in the units the influence model was trained in
+    (z-normalised oracle scores, with the mean and std of its card), as the authors'
+    predictions are; `mates_influence` holds the de-normalised value. Unselected documents are
+    rejected as `mates.not_selected`; `_global/mates.json` records k, the cut (z units) and the
+    selected characters. `thresher mates probe | fit | loop` make the model
     (see the README's MATES section)."""
 
     name = "mates"
@@ -138,17 +141,41 @@ class Mates(ModelBacked, ScoreThenSelect):
         if not self.config["random_baseline"]:
             super().setup()
 
+    def target_scale(self) -> tuple[float, float]:
+        """(mean, std) of the oracle scores the influence model was fitted on (its card; the
+        head's ``extra`` otherwise), or (0, 1) for a model without them."""
+        card = self._card()
+        if not card and self.config["model"]:
+            from thresher.scorers.models.loading import HEAD_CONFIG
+            p = os.path.join(os.path.expanduser(self.config["model"]), HEAD_CONFIG)
+            if os.path.isfile(p):
+                with open(p) as f:
+                    card = (json.load(f) or {}).get("extra") or {}
+        mean, std = card.get("target_mean"), card.get("target_std")
+        if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and std > 0:
+            return float(mean), float(std)
+        return 0.0, 1.0
+
     def select(self, scores: np.ndarray, chars: np.ndarray, id_hash: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
         cfg = self.config
         n = scores.size
-        pred = np.zeros(n) if cfg["random_baseline"] else np.nan_to_num(scores.astype(np.float64), nan=np.inf)
+        if cfg["random_baseline"]:
+            pred = np.zeros(n)
+        else:
+            # the temperature acts on the scale the influence model was trained in (z-normalised
+            # oracle scores, as the authors' predictions are): de-normalised losses differ by
+            # ~1e-3 and would leave the selection to the noise alone
+            mean, std = self.target_scale()
+            pred = (np.nan_to_num(scores.astype(np.float64), nan=np.inf) - mean) / std
         k = selection_size(n, cfg["ratio"], cfg["k"])
         return gumbel_top_k(pred, id_hash, k, cfg["temperature"], cfg["seed"])
 
     def compute(self, keys: pa.Table) -> Decisions:
         d = super().compute(keys)
         cfg = self.config
+        mean, std = (0.0, 1.0) if cfg["random_baseline"] else self.target_scale()
         d.stats.update({"k": selection_size(keys.num_rows, cfg["ratio"], cfg["k"]), "ratio": cfg["ratio"],
+                        "target_mean": mean, "target_std": std,
                         "temperature": cfg["temperature"], "seed": cfg["seed"],
                         "random_baseline": cfg["random_baseline"]})
         d.stats.pop("gumbel_temperature", None)

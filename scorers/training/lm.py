@@ -47,7 +47,7 @@ def new_causal_lm(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, 
 
 def token_stream(tokenizer, texts: Sequence[str]) -> np.ndarray:
     eos = tokenizer.eos_token_id
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    enc = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     out = []
     for ids in enc:
         out.extend(ids)

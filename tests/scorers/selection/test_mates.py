@@ -146,3 +146,21 @@ def test_scores_with_the_influence_model_and_keeps_the_k_smallest(tmp_path, pool
         assert got[i] == pytest.approx(exp[i], abs=1e-5)
     smallest = sorted(exp, key=lambda i: exp[i])[:15]
     assert _kept(out) == sorted(smallest)
+
+
+def test_temperature_acts_on_the_influence_models_training_scale(tmp_path):
+    """Predicted reference losses differ by ~1e-3; the authors' Gumbel-top-k works on the
+    influence model's z-normalised outputs. The stage divides by the card's target std, so
+    τ = 0.5 means the same thing for any checkpoint's loss scale."""
+    (tmp_path / "influence_card.json").write_text(json.dumps({"target_mean": 6.5, "target_std": 0.002}))
+    n = 3000
+    z = np.random.default_rng(4).normal(size=n)
+    raw = 6.5 + 0.002 * z
+    ih = _ih(n)
+    st = Mates(model=str(tmp_path), ratio=0.2, temperature=0.5, seed=9)
+    assert st.target_scale() == (6.5, 0.002)
+    got, _ = st.select(raw, np.ones(n), ih)
+    exp, _ = gumbel_top_k(z, ih, 600, 0.5, 9)
+    assert (got == exp).all()
+    noise_only, _ = gumbel_top_k(np.zeros(n), ih, 600, 0.5, 9)
+    assert z[got].mean() < z[noise_only].mean() - 1.0     # the predictions steer the sample
