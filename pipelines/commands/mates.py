@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -82,6 +83,16 @@ def _sample(pattern: str, size: int, seed: int, text_column: str, id_column: str
     return sample_documents(pattern, text_column, id_column, size, seed)
 
 
+def _check_device(device: str) -> None:
+    import re
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (use auto or cpu)")
+
+
 def _prepare_output(path: str, overwrite: bool, names: Sequence[str]) -> None:
     present = [n for n in names if os.path.exists(os.path.join(path, n))]
     if present and not overwrite:
@@ -91,7 +102,7 @@ def _prepare_output(path: str, overwrite: bool, names: Sequence[str]) -> None:
 
 # ----------------------------------------------------------------------------- probe
 def probe(model_dir: str, reference: str, candidates: str, output: str, *, sample: int = 1000, seed: int = 0,
-          lr: Optional[float] = None, max_length: Optional[int] = None, device: str = "auto", dtype: str = "auto",
+          lr: Optional[float] = None, max_length: Optional[int] = None, device: str = "auto", dtype: str = "fp32",
           max_tokens_per_batch: Optional[int] = None, text_column: str = "text", id_column: str = "id",
           overwrite: bool = False, log: Callable[[str], None] = _log) -> dict:
     """Probe a deterministic sample of the candidates; write the oracle and its card."""
@@ -99,6 +110,13 @@ def probe(model_dir: str, reference: str, candidates: str, output: str, *, sampl
     from thresher.scorers.models.loading import CheckpointError, detect_kind, load_model
     from thresher.scorers.training import mates as MT
 
+    _check_device(device)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {lr}")
+    if max_length is not None and max_length < 2:
+        raise UsageError(f"--max-length must be >= 2, got {max_length}")
+    if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
     if not os.path.isdir(model_dir):
         raise UsageError(f"--model {model_dir}: not a checkpoint directory")
     try:
@@ -129,6 +147,9 @@ def probe(model_dir: str, reference: str, candidates: str, output: str, *, sampl
     if not oinfo["optimizer_state"]:
         log(f"{model_dir} has no {MT.OPTIMIZER_FILE}: probing with a fresh AdamW (lr {oinfo['lr']}, betas "
             f"{tuple(oinfo['betas'])}, weight decay {oinfo['weight_decay'][0]}); the moments of the run are not used")
+    if oinfo["lr"] <= 0:
+        raise UsageError(f"{model_dir}: the checkpoint's scheduled learning rate is {oinfo['lr']} (the end of its "
+                         f"decay?): every probe would leave the model unchanged; give --lr")
     ref = MT.reference_set(ref_table, lm.tokenizer, ml)
     engine = Engine(device=device, dtype=dtype, max_tokens_per_batch=max_tokens_per_batch, cast_weights=False)
     prober = MT.Prober(lm.model, lm.tokenizer, opt, ref, engine, max_length=ml)
@@ -136,6 +157,10 @@ def probe(model_dir: str, reference: str, candidates: str, output: str, *, sampl
         f"({ref.scored_tokens:,} scored tokens) on {engine.device}")
     res = prober.probe(docs["text"].to_pylist(), log=log)
     ok = np.isfinite(res.ref_loss)
+    diverged = int((~ok & (res.tokens > 0)).sum())
+    if diverged:
+        log(f"{diverged:,} probes gave a non-finite reference loss (the step diverged); they are left out "
+            f"and counted in the card (probes_diverged)")
     table = pa.table({"id": docs["id"].filter(pa.array(ok)),
                       "mates_ref_loss": pa.array(res.ref_loss[ok], pa.float64()),
                       "mates_ref_loss_delta": pa.array(res.ref_loss[ok] - res.base_loss, pa.float64()),
@@ -146,7 +171,9 @@ def probe(model_dir: str, reference: str, candidates: str, output: str, *, sampl
             "reference": os.path.abspath(reference), "reference_kind": ref.kind, "reference_examples": ref.examples,
             "reference_scored_tokens": ref.scored_tokens, "reference_truncated": ref.truncated,
             "candidates": candidates, "sample": sample, "seed": seed, "probes": int(ok.sum()),
-            "skipped_empty": int((~ok).sum()), "max_length": ml, "device": str(engine.device),
+            "skipped_empty": int((~ok).sum()) - diverged,
+            "probes_diverged": diverged, "reference_dropped": ref.dropped, "max_length": ml,
+            "device": str(engine.device),
             "optimizer": oinfo, "base_ref_loss": res.base_loss,
             "seconds_per_probe": res.info["seconds_per_probe"], "probes_per_second":
                 (1.0 / res.info["seconds_per_probe"]) if res.info["seconds_per_probe"] else None,
@@ -177,6 +204,9 @@ def fit(oracle: str, candidates: str, encoder: str, output: str, *, text_column:
     table = read_oracle(oracle)
     if not os.path.isdir(encoder):
         raise UsageError(f"--encoder {encoder}: not a checkpoint directory")
+    if os.path.abspath(output) == os.path.abspath(encoder):
+        raise UsageError("--output is the --encoder directory: the fitted model would overwrite its encoder")
+    _check_device(options.get("device", "auto"))
     _check_candidates(candidates, text_column, id_column)
     _prepare_output(output, overwrite, ["influence_card.json", "thresher_head.json"])
     ids = table["id"].cast(pa.string()).to_pylist()
@@ -214,7 +244,8 @@ def main_probe(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-length", type=int, default=None, help="tokens per probe document and reference "
                                                                  "example (default min(positions, 1024))")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--dtype", default="auto", help="compute dtype: auto (bf16 autocast on CUDA) | fp32 | bf16")
+    ap.add_argument("--dtype", default="fp32", help="compute dtype: fp32 (probe differences are ~1e-4 nats: "
+                                                    "below bf16's resolution) | auto (bf16 autocast on CUDA) | bf16")
     ap.add_argument("--max-tokens-per-batch", type=int, default=None, help="reference evaluation token budget")
     _common(ap)
     a = ap.parse_args(argv)
@@ -260,7 +291,7 @@ def main_fit(argv: Optional[Sequence[str]] = None) -> int:
                    overwrite=a.overwrite, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                    max_doc_tokens=a.max_doc_tokens, heldout_fraction=a.heldout_fraction, eval_every=a.eval_every,
                    seed=a.seed, device=a.device)
-    except (UsageError, ConfigError, InputError, ValueError) as e:
+    except (UsageError, ConfigError, InputError, ValueError, RuntimeError) as e:
         _err(str(e))
         return 2
     sp = card["best_spearman"]
@@ -282,6 +313,9 @@ def main_loop(argv: Optional[Sequence[str]] = None) -> int:
         summary = run_loop(raw)
     except (UsageError, ConfigError, InputError) as e:
         _err(str(e))
+        return 2
+    except (ValueError, RuntimeError) as e:     # a refused checkpoint, too few probes, a missing device
+        _err(f"{type(e).__name__}: {e}" if not str(e) else str(e).splitlines()[0])
         return 2
     for st in summary["stages"]:
         sp = st.get("fit", {}).get("best_spearman")

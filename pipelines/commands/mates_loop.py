@@ -50,6 +50,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -67,17 +68,72 @@ from thresher.schemas.config import ConfigError, did_you_mean
 _KEYS = {"output", "candidates", "pools", "reference", "eval_reference", "stages", "steps_per_stage", "ratio",
          "temperature", "seed", "arm", "probe", "fit", "score", "trainer"}
 READY = "READY"
+#: an external trainer may write this (first line: why) to stop the loop instead of its timeout
+FAILED = "FAILED"
 
 
-def _num(raw: dict, key: str, default, typ, lo=None, hi=None):
-    v = raw.get(key, default)
+def _coerce(key: str, v, typ, lo=None, hi=None, lo_open: bool = False, nullable: bool = False):
+    """``v`` as ``typ`` (int or float; a numeric string such as YAML's ``1e-3`` is read as a
+    number), within bounds, or a ConfigError naming ``key``."""
+    if v is None and nullable:
+        return None
+    if isinstance(v, str) and typ is float:
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if typ is float and isinstance(v, int) and not isinstance(v, bool):
         v = float(v)
-    if not isinstance(v, typ) or isinstance(v, bool):
+    if not isinstance(v, typ) or isinstance(v, bool) or (typ is float and not math.isfinite(v)):
         raise ConfigError(key, f"expected {'an integer' if typ is int else 'a number'}, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ConfigError(key, f"must be in [{lo}, {hi if hi is not None else '∞'}], got {v!r}")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        lb = "(" if lo_open else "["
+        raise ConfigError(key, f"must be in {lb}{lo}, {hi if hi is not None else '∞'}], got {v!r}")
     return v
+
+
+def _num(raw: dict, key: str, default, typ, lo=None, hi=None, lo_open: bool = False):
+    return _coerce(key, raw.get(key, default), typ, lo, hi, lo_open)
+
+
+#: what each sub-mapping may hold: key -> (type, lower bound, lower bound excluded, nullable)
+_PROBE = {"sample": (int, 1, False, False), "lr": (float, 0.0, True, True), "max_length": (int, 2, False, True),
+          "device": (str,), "dtype": (str,), "max_tokens_per_batch": (int, 1, False, True)}
+_FIT = {"encoder": (str,), "epochs": (int, 1, False, False), "lr": (float, 0.0, True, False),
+        "batch_size": (int, 1, False, False), "weight_decay": (float, 0.0, False, False),
+        "dropout": (float, 0.0, False, False), "max_doc_tokens": (int, 1, False, False),
+        "window": (int, 2, False, True), "eval_every": (int, 1, False, False),
+        "heldout_fraction": (float, 0.0, True, False), "seed": (int, 0, False, False), "device": (str,)}
+#: the mates stage's engine options a loop may set (the selection itself is the loop's)
+_SCORE = {"device": (str,), "dtype": (str,), "weights_dtype": (str,), "max_tokens_per_batch": (int, 1, False, True),
+          "max_batch_size": (int, 1, False, True), "accelerator": (str,)}
+_BUILTIN = {"vocab_size": (int, 260, False, False), "hidden": (int, 8, False, False), "layers": (int, 1, False, False),
+            "heads": (int, 1, False, False), "context": (int, 8, False, False), "seq_len": (int, 2, False, False),
+            "batch_size": (int, 1, False, False), "lr": (float, 0.0, True, False),
+            "warmup_steps": (int, 0, False, False), "min_lr_ratio": (float, 0.0, False, False),
+            "weight_decay": (float, 0.0, False, False), "tokenizer_docs": (int, 10, False, False),
+            "device": (str,), "seed": (int, 0, False, False)}
+_EXTERNAL = {"checkpoint": (str,), "poll_seconds": (float, 0.0, True, False),
+             "timeout_seconds": (float, 0.0, True, False)}
+
+
+def _sub(raw: Any, key: str, spec: dict) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"expected a mapping, got {raw!r}")
+    out = {}
+    for k, v in raw.items():
+        if k not in spec:
+            raise ConfigError(f"{key}.{k}", f"unknown key{did_you_mean(k, spec)}; known: {', '.join(sorted(spec))}")
+        t = spec[k]
+        if t[0] is str:
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{key}.{k}", f"expected a string, got {v!r}")
+            out[k] = v
+        else:
+            out[k] = _coerce(f"{key}.{k}", v, t[0], t[1], None, t[2], t[3])
+    return out
 
 
 def check_config(raw: Any) -> dict:
@@ -111,13 +167,18 @@ def check_config(raw: Any) -> dict:
             continue
         if not isinstance(p, str) or not os.path.isfile(p):
             raise ConfigError(key, f"{p!r} is not a Parquet file")
-        names = pq.read_schema(p).names
+        try:
+            names = pq.read_schema(p).names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ConfigError(key, f"{p} is not a Parquet file: {e}") from None
         if "text" not in names and not {"prompt", "continuation"} <= set(names):
             raise ConfigError(key, f"{p} needs a 'text' column or 'prompt' and 'continuation' columns")
     arm = raw.get("arm", "mates")
     if arm not in ("mates", "random"):
         raise ConfigError("arm", f"expected mates or random, got {arm!r}")
-    fitc = dict(raw.get("fit") or {})
+    probe_c = _sub(raw.get("probe"), "probe", _PROBE)
+    fitc = _sub(raw.get("fit"), "fit", _FIT)
+    score_c = _sub(raw.get("score"), "score", _SCORE)
     if arm == "mates" and stages > 1:
         enc = fitc.get("encoder")
         if not isinstance(enc, str) or not os.path.isdir(enc):
@@ -126,15 +187,24 @@ def check_config(raw: Any) -> dict:
     if not isinstance(trainer, dict) or len(trainer) != 1 or next(iter(trainer)) not in ("builtin", "external"):
         raise ConfigError("trainer", "expected {builtin: {...}} or {external: {checkpoint: ..., ...}}")
     if "external" in trainer:
-        ext = trainer["external"] or {}
-        if not isinstance(ext.get("checkpoint"), str) or "{stage}" not in ext["checkpoint"]:
+        ext = _sub(trainer["external"] or {}, "trainer.external", _EXTERNAL)
+        if "{stage}" not in ext.get("checkpoint", ""):
             raise ConfigError("trainer.external.checkpoint", "expected a path containing {stage}")
+        trainer = {"external": ext}
+    else:
+        b = _sub(trainer["builtin"], "trainer.builtin", _BUILTIN)
+        ctx = b.get("context", 256)
+        if b.get("seq_len", 128) + 1 > ctx:
+            raise ConfigError("trainer.builtin.seq_len", f"{b.get('seq_len', 128)} + 1 exceeds the model's context "
+                                                         f"({ctx})")
+        trainer = {"builtin": b}
     return {"output": raw["output"], "candidates": cand, "pools": pools, "reference": raw["reference"],
             "eval_reference": raw.get("eval_reference") or raw["reference"], "stages": stages,
             "steps_per_stage": _num(raw, "steps_per_stage", 200, int, 1),
-            "ratio": _num(raw, "ratio", 0.2, float, 0.0, 1.0), "temperature": _num(raw, "temperature", 0.5, float, 0.0),
-            "seed": _num(raw, "seed", 0, int, 0), "arm": arm, "probe": dict(raw.get("probe") or {}),
-            "fit": fitc, "score": dict(raw.get("score") or {}), "trainer": trainer}
+            "ratio": _num(raw, "ratio", 0.2, float, 0.0, 1.0, lo_open=True),
+            "temperature": _num(raw, "temperature", 0.5, float, 0.0),
+            "seed": _num(raw, "seed", 0, int, 0), "arm": arm, "probe": probe_c,
+            "fit": fitc, "score": score_c, "trainer": trainer}
 
 
 def _check_input(path: str, cols: dict, key: str) -> None:
@@ -148,17 +218,44 @@ def _check_input(path: str, cols: dict, key: str) -> None:
                                    f"stable ids")
 
 
+#: settings that do not change a loop's results (a resume may change them)
+_OPERATIONAL = {("probe", "device"), ("probe", "max_tokens_per_batch"), ("fit", "device"), ("score", "device"),
+                ("score", "max_tokens_per_batch"), ("score", "max_batch_size"), ("score", "accelerator"),
+                ("trainer", "poll_seconds"), ("trainer", "timeout_seconds")}
+
+
+def _files_identity(pattern: str) -> list:
+    return [[os.path.abspath(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in io.discover(pattern)]
+
+
 def _fingerprint(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The loop's identity: its settings (not the operational ones) and the size and mtime of
+    every input file, so a resume never mixes inputs or settings."""
+    ident = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            sub = v.get("external") or v.get("builtin") if k == "trainer" else v
+            sub = {kk: vv for kk, vv in (sub or {}).items() if (k, kk) not in _OPERATIONAL}
+            if k == "trainer":
+                sub = {next(iter(v)): sub}
+            ident[k] = sub
+        else:
+            ident[k] = v
+    ident["files"] = {"reference": _files_identity(cfg["reference"]),
+                      "eval_reference": _files_identity(cfg["eval_reference"]),
+                      "candidates": _files_identity(cfg["candidates"]["path"]) if cfg["candidates"] else
+                      [_files_identity(p) for p in cfg["pools"]]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- pools
-def split_pools(cfg: dict, out: str) -> list[str]:
-    """Per-stage pool files: ``xxh64(seed, id) mod stages`` (streamed, layout-independent)."""
+def split_pools(cfg: dict, out: str, reuse: bool = False) -> list[str]:
+    """Per-stage pool files: ``xxh64(seed, id) mod stages`` (streamed, layout-independent).
+    ``reuse``: the files of this same loop (same fingerprint) are kept when all present."""
     import xxhash
     n = cfg["stages"]
     paths = [os.path.join(out, f"stage-{i}", "pool.parquet") for i in range(n)]
-    if all(os.path.exists(p) for p in paths):
+    if reuse and all(os.path.exists(p) for p in paths):
         return paths
     c = cfg["candidates"]
     schema = pa.schema([("id", pa.string()), ("text", pa.string())])
@@ -242,12 +339,23 @@ class _External:
         return os.path.abspath(self.pattern.format(stage=stage))
 
     def train(self, stage: int, request: dict, stage_dir: str, log: Callable[[str], None]) -> dict:
-        with open(os.path.join(stage_dir, "train_request.json"), "w") as f:
-            json.dump(request, f, indent=2)
         ck = request["checkpoint"]
+        # a READY left by an earlier loop must not be taken for this request's checkpoint
+        for marker in (READY, FAILED):
+            if os.path.exists(os.path.join(ck, marker)):
+                os.remove(os.path.join(ck, marker))
+        path = os.path.join(stage_dir, "train_request.json")
+        with open(path + ".tmp", "w") as f:            # atomic: a polling trainer never reads half a file
+            json.dump(request, f, indent=2)
+        os.replace(path + ".tmp", path)
         log(f"stage {stage}: waiting for the external trainer's checkpoint {ck} (file {READY} marks it complete)")
         t0 = time.time()
         while not os.path.exists(os.path.join(ck, READY)):
+            if os.path.exists(os.path.join(ck, FAILED)):
+                with open(os.path.join(ck, FAILED), errors="replace") as f:
+                    why = f.read().strip().splitlines()[:1]
+                raise UsageError(f"stage {stage}: the external trainer reported failure in {ck}/{FAILED}"
+                                 + (f": {why[0]}" if why else ""))
             if time.time() - t0 > self.timeout:
                 raise UsageError(f"stage {stage}: no {READY} in {ck} after {self.timeout:.0f} s "
                                  f"(trainer.external.timeout_seconds)")
@@ -276,19 +384,31 @@ def reference_loss(checkpoint: str, reference: str, device: str = "cpu") -> floa
 # ----------------------------------------------------------------------------- loop
 def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
     cfg = check_config(raw)
-    out = cfg["output"]
+    out = os.path.abspath(cfg["output"])
     os.makedirs(out, exist_ok=True)
     fp = _fingerprint(cfg)
     summary_path = os.path.join(out, "loop.json")
     done: list[dict] = []
-    if os.path.isfile(summary_path):
+    resumed = os.path.isfile(summary_path)
+    if resumed:
         with open(summary_path) as f:
             prev = json.load(f)
         if prev.get("fingerprint") != fp:
-            raise UsageError(f"{out} holds a loop with another config (fingerprint {prev.get('fingerprint')}, this "
-                             f"one {fp}); use another output directory or remove it")
+            raise UsageError(f"{out} holds a loop with another config or other input files (fingerprint "
+                             f"{prev.get('fingerprint')}, this one {fp}); use another output directory or remove it")
         done = prev.get("stages", [])
-    pools = split_pools(cfg, out) if cfg["candidates"] else list(cfg["pools"])
+    elif any(n.startswith("stage-") for n in os.listdir(out)):
+        raise UsageError(f"{out} holds stage directories but no loop.json (an interrupted loop of unknown config); "
+                         f"use another output directory or remove it")
+
+    def write_summary() -> None:
+        tmp = summary_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"fingerprint": fp, "config": cfg, "stages": done}, f, indent=2, default=str)
+        os.replace(tmp, summary_path)
+
+    write_summary()          # the identity first: an interrupted loop is recognised when rerun
+    pools = split_pools(cfg, out, reuse=resumed) if cfg["candidates"] else list(cfg["pools"])
     builtin = "builtin" in cfg["trainer"]
     ext = None if builtin else _External(cfg)
     dev = (cfg["trainer"].get("builtin") or {}).get("device", "cpu") if builtin else cfg["probe"].get("device", "cpu")
@@ -309,7 +429,8 @@ def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
             orc = os.path.join(sd, "oracle")
             card = probe(prev_ck, cfg["reference"], pools[i], orc, sample=int(pc.get("sample", 1000)),
                          seed=cfg["seed"] * 1000 + i, lr=pc.get("lr"), max_length=pc.get("max_length"),
-                         device=pc.get("device", "auto"), dtype=pc.get("dtype", "auto"), overwrite=True, log=log)
+                         device=pc.get("device", "auto"), dtype=pc.get("dtype", "fp32"),
+                         max_tokens_per_batch=pc.get("max_tokens_per_batch"), overwrite=True, log=log)
             rec["probe"] = {k: card[k] for k in ("probes", "seconds_per_probe", "base_ref_loss", "optimizer")}
             infl = os.path.join(sd, "influence")
             fopts = {k: v for k, v in cfg["fit"].items() if k != "encoder"}
@@ -334,16 +455,13 @@ def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
                                  "steps": cfg["steps_per_stage"], "previous_checkpoint": prev_ck, "checkpoint": ck},
                              sd, log)
             rec["train_tokens"] = info.get("tokens") or 0
-        rec["checkpoint"] = ck
+        rec["checkpoint"] = os.path.abspath(ck)
         rec["reference_loss"] = reference_loss(ck, cfg["eval_reference"], dev)
         rec["seconds"] = round(time.time() - t0, 2)
         log(f"stage {i}: {rec['selected_docs']:,} of {rec['pool_docs']:,} selected; {rec['train_tokens']:,} "
             f"tokens trained; reference loss {rec['reference_loss']:.4f} ({rec['seconds']:.1f} s)")
         done.append(rec)
-        tmp = summary_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"fingerprint": fp, "config": cfg, "stages": done}, f, indent=2, default=str)
-        os.replace(tmp, summary_path)
+        write_summary()
         for sub in ("select/_work",):
             shutil.rmtree(os.path.join(sd, sub), ignore_errors=True)
     return {"fingerprint": fp, "config": cfg, "stages": done, "seconds": round(time.time() - t_loop, 2)}

@@ -673,16 +673,20 @@ class Generate(ModelTask):
         """Generate every prompt up to its own ceiling with as few calls as possible: one call
         for all with the smallest ceiling among them (what every prompt may generate); the
         prompts that neither finished (EOS or a stop string) nor reached their own ceiling
-        are generated again, by the same rule, with the rest of their budget. Greedy decoding
+        are generated again, one call per ceiling. Greedy decoding
         is prefix-consistent, so each output equals a single call with that prompt's ceiling
         (tested), and the common case (programs far shorter than the room) is one call."""
         c = min(ceilings)
         texts, finished = run(prompts, c)
         out: list[str] = list(texts)
         again = [i for i, (f, ci) in enumerate(zip(finished, ceilings)) if not f and ci > c]
-        if again:
-            redo = self._by_ceiling([prompts[i] for i in again], [ceilings[i] for i in again], run)
-            for i, t in zip(again, redo):
+        # second (and last) round: one call per remaining ceiling, so no prompt is generated
+        # more than twice whatever the spread of lengths
+        groups: dict[int, list[int]] = {}
+        for i in again:
+            groups.setdefault(ceilings[i], []).append(i)
+        for ci, idx in groups.items():
+            for i, t in zip(idx, run([prompts[i] for i in idx], ci)[0]):
                 out[i] = t
         return out
 

