@@ -65,7 +65,9 @@ class Mates(ModelBacked, ScoreThenSelect):
     pool)` documents (or `k:`) by Gumbel-top-k over the whole pool: the k smallest
     `mates_influence / temperature + G`, with `G` a Gumbel(0, 1) draw that is a pure function
     of (`seed`, id). Exact in k, reproducible by seed, independent of shards and workers;
-    `temperature: 0` is plain top-k. `random_baseline: true` ranks every document as if its
+    `temperature: 0` is plain top-k (with model scores, "independent of shards" holds up to the
+    floating-point noise of batched encoder inference, ~1e-6, which can only matter for ties at
+    the cut). `random_baseline: true` ranks every document as if its
     prediction were 0 (the authors' random-selection control; no model is loaded and
     `mates_influence` is null). Documents are scored in windows of the encoder's length,
     pooled together, up to `max_doc_tokens` (default: the influence model's card, else 1,024).

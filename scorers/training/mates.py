@@ -111,13 +111,28 @@ def load_optimizer(model: torch.nn.Module, directory: str, *, lr: Optional[float
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if not isinstance(state, dict) or "param_groups" not in state or "state" not in state:
         raise ProbeError(f"{path}: not an optimizer state_dict (expected 'state' and 'param_groups')")
-    layouts = [("single_group", [params]), ("hf_trainer_decay_groups", _hf_groups(model))]
+    layouts = [("single_group", [params])]
+    try:    # HF's own rule when transformers has it (what the Trainer that saved the state used) ...
+        from transformers import Trainer
+        names = set(Trainer.get_decay_parameter_names(None, model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        layouts.append(("hf_trainer_decay_groups", [[p for n, p in named if n in names],
+                                                   [p for n, p in named if n not in names]]))
+    except Exception:  # noqa: BLE001 - an older or newer transformers: the rules below still apply
+        pass
+    layouts.append(("hf_trainer_decay_groups", _hf_groups(model)))   # ... and the rule written out here
+    # older transformers releases left norm weights of non-LayerNorm classes (RMSNorm) in the decay group
+    legacy_no = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters(False)}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    layouts.append(("hf_trainer_decay_groups_legacy",
+                    [[p for n, p in named if id(p) not in legacy_no and "bias" not in n],
+                     [p for n, p in named if id(p) in legacy_no or "bias" in n]]))
     found = next(((n, g) for n, g in layouts if _matches(g, state)), None)
     if found is None:
         sizes = [len(g["params"]) for g in state["param_groups"]]
         raise ProbeError(f"{path}: its parameter groups {sizes} match neither one group over the model's "
                          f"{len(params)} parameters nor HF Trainer's decay/no-decay groups "
-                         f"{[len(g) for g in layouts[1][1]]}; was it saved for this model?")
+                         f"{[len(g) for g in layouts[-2][1]]}; was it saved for this model?")
     name, groups = found
     saved = state["param_groups"]
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": g.get("weight_decay", 0.0)}

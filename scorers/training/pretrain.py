@@ -152,7 +152,20 @@ class Pretrainer:
         return tot / max(cnt, 1)
 
     def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
+        """Write the checkpoint into a fresh sibling directory, then rename it into place: a
+        reader never sees a partial checkpoint, and no file of an older one is left beside it."""
+        import shutil
+        final = os.path.abspath(directory)
+        tmp = final + ".tmp-save"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self._write(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return directory
+
+    def _write(self, directory: str) -> None:
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tok.save_pretrained(directory)
         torch.save(self.opt.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
@@ -162,7 +175,6 @@ class Pretrainer:
                        "peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "min_lr_ratio": self.min_lr_ratio,
                        "weight_decay": grp["weight_decay"], "betas": list(grp["betas"]), "seq_len": self.seq_len,
                        "batch_size": self.batch_size, "seed": self.seed, "lr_now": grp["lr"]}, f, indent=2)
-        return directory
 
 
 __all__ = ["Pretrainer", "TRAINER_FILE", "DEFAULTS"]
