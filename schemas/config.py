@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any, Optional
 
@@ -196,6 +197,48 @@ def parse_config(raw: Any, *, source: str = "config") -> Config:
     popts = raw.get("pipeline_options", {}) or {}
     _expect("pipeline_options", popts, dict, "a mapping of Beam pipeline options")
     return Config(input=input_cfg, output=output_cfg, stages=stages, runner=runner, pipeline_options=popts)
+
+
+def config_number(key: str, v, typ, lo=None, hi=None, lo_open: bool = False, nullable: bool = False):
+    """``v`` as ``typ`` (int or float; a numeric string such as YAML's ``1e-3`` is read as a
+    number), within bounds, or a ConfigError naming ``key``."""
+    if v is None and nullable:
+        return None
+    if isinstance(v, str) and typ is float:
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool) or (typ is float and not math.isfinite(v)):
+        raise ConfigError(key, f"expected {'an integer' if typ is int else 'a number'}, got {v!r}")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        lb = "(" if lo_open else "["
+        raise ConfigError(key, f"must be in {lb}{lo}, {hi if hi is not None else '∞'}], got {v!r}")
+    return v
+
+
+def config_mapping(raw: Any, key: str, spec: dict) -> dict:
+    """``raw`` (a mapping or None) checked against ``spec`` (key -> ``(str,)`` or
+    ``(int | float, lower bound, bound excluded, nullable)``): unknown keys with a did-you-mean,
+    numbers through :func:`config_number`; a :class:`ConfigError` names ``key.sub``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"expected a mapping, got {raw!r}")
+    out = {}
+    for k, v in raw.items():
+        if k not in spec:
+            raise ConfigError(f"{key}.{k}", f"unknown key{did_you_mean(k, spec)}; known: {', '.join(sorted(spec))}")
+        t = spec[k]
+        if t[0] is str:
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{key}.{k}", f"expected a string, got {v!r}")
+            out[k] = v
+        else:
+            out[k] = config_number(f"{key}.{k}", v, t[0], t[1], None, t[2], t[3])
+    return out
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -63,7 +62,7 @@ import pyarrow.parquet as pq
 
 from thresher.pipelines import io
 from thresher.pipelines.commands.mates import UsageError, _log, fit, probe
-from thresher.schemas.config import ConfigError, did_you_mean
+from thresher.schemas.config import ConfigError, config_mapping, config_number, did_you_mean
 
 _KEYS = {"output", "candidates", "pools", "reference", "eval_reference", "stages", "steps_per_stage", "ratio",
          "temperature", "seed", "arm", "probe", "fit", "score", "trainer"}
@@ -72,28 +71,8 @@ READY = "READY"
 FAILED = "FAILED"
 
 
-def _coerce(key: str, v, typ, lo=None, hi=None, lo_open: bool = False, nullable: bool = False):
-    """``v`` as ``typ`` (int or float; a numeric string such as YAML's ``1e-3`` is read as a
-    number), within bounds, or a ConfigError naming ``key``."""
-    if v is None and nullable:
-        return None
-    if isinstance(v, str) and typ is float:
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, typ) or isinstance(v, bool) or (typ is float and not math.isfinite(v)):
-        raise ConfigError(key, f"expected {'an integer' if typ is int else 'a number'}, got {v!r}")
-    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
-        lb = "(" if lo_open else "["
-        raise ConfigError(key, f"must be in {lb}{lo}, {hi if hi is not None else '∞'}], got {v!r}")
-    return v
-
-
 def _num(raw: dict, key: str, default, typ, lo=None, hi=None, lo_open: bool = False):
-    return _coerce(key, raw.get(key, default), typ, lo, hi, lo_open)
+    return config_number(key, raw.get(key, default), typ, lo, hi, lo_open)
 
 
 #: what each sub-mapping may hold: key -> (type, lower bound, lower bound excluded, nullable)
@@ -115,25 +94,6 @@ _BUILTIN = {"vocab_size": (int, 260, False, False), "hidden": (int, 8, False, Fa
             "device": (str,), "seed": (int, 0, False, False)}
 _EXTERNAL = {"checkpoint": (str,), "poll_seconds": (float, 0.0, True, False),
              "timeout_seconds": (float, 0.0, True, False)}
-
-
-def _sub(raw: Any, key: str, spec: dict) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(key, f"expected a mapping, got {raw!r}")
-    out = {}
-    for k, v in raw.items():
-        if k not in spec:
-            raise ConfigError(f"{key}.{k}", f"unknown key{did_you_mean(k, spec)}; known: {', '.join(sorted(spec))}")
-        t = spec[k]
-        if t[0] is str:
-            if not isinstance(v, str) or not v:
-                raise ConfigError(f"{key}.{k}", f"expected a string, got {v!r}")
-            out[k] = v
-        else:
-            out[k] = _coerce(f"{key}.{k}", v, t[0], t[1], None, t[2], t[3])
-    return out
 
 
 def check_config(raw: Any) -> dict:
@@ -176,9 +136,9 @@ def check_config(raw: Any) -> dict:
     arm = raw.get("arm", "mates")
     if arm not in ("mates", "random"):
         raise ConfigError("arm", f"expected mates or random, got {arm!r}")
-    probe_c = _sub(raw.get("probe"), "probe", _PROBE)
-    fitc = _sub(raw.get("fit"), "fit", _FIT)
-    score_c = _sub(raw.get("score"), "score", _SCORE)
+    probe_c = config_mapping(raw.get("probe"), "probe", _PROBE)
+    fitc = config_mapping(raw.get("fit"), "fit", _FIT)
+    score_c = config_mapping(raw.get("score"), "score", _SCORE)
     if arm == "mates" and stages > 1:
         enc = fitc.get("encoder")
         if not isinstance(enc, str) or not os.path.isdir(enc):
@@ -187,12 +147,12 @@ def check_config(raw: Any) -> dict:
     if not isinstance(trainer, dict) or len(trainer) != 1 or next(iter(trainer)) not in ("builtin", "external"):
         raise ConfigError("trainer", "expected {builtin: {...}} or {external: {checkpoint: ..., ...}}")
     if "external" in trainer:
-        ext = _sub(trainer["external"] or {}, "trainer.external", _EXTERNAL)
+        ext = config_mapping(trainer["external"] or {}, "trainer.external", _EXTERNAL)
         if "{stage}" not in ext.get("checkpoint", ""):
             raise ConfigError("trainer.external.checkpoint", "expected a path containing {stage}")
         trainer = {"external": ext}
     else:
-        b = _sub(trainer["builtin"], "trainer.builtin", _BUILTIN)
+        b = config_mapping(trainer["builtin"], "trainer.builtin", _BUILTIN)
         ctx = b.get("context", 256)
         if b.get("seq_len", 128) + 1 > ctx:
             raise ConfigError("trainer.builtin.seq_len", f"{b.get('seq_len', 128)} + 1 exceeds the model's context "
