@@ -460,7 +460,58 @@ def aggregate(p: E.Plan, wall_seconds: float) -> dict[str, Any]:
         "wall_seconds": round(wall_seconds, 3),
         "docs_per_second": round(input_rows / wall_seconds, 1) if wall_seconds > 0 else None,
         "stages": stage_rows,
+        # intermediates: nothing under _work/ is removed before the run ends, so the peak is
+        # all of it: what the shards' work writers recorded, or what is on disk if more
+        # (a killed attempt's partial files, the steps' own manifests)
+        "work_bytes_peak": max(sum(int(m.get("work_bytes", 0)) for m in manifests), work_bytes(p.out)),
     }
+
+
+def work_bytes(out: str) -> int:
+    """Bytes under ``OUTPUT/_work/`` now (temporary files included)."""
+    d = io.join(out, S.WORK_DIR)
+    if io.is_remote(d):
+        from apache_beam.io.filesystems import FileSystems
+        try:
+            return sum(int(m.size_in_bytes) for m in FileSystems.match([io.join(d, "*")])[0].metadata_list)
+        except Exception:  # noqa: BLE001 - an absent directory matches nothing
+            return 0
+    total = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def remove_work(out: str) -> None:
+    """Everything under ``OUTPUT/_work/`` (on an object store: each object, then the prefix)."""
+    d = io.join(out, S.WORK_DIR)
+    if io.is_remote(d):
+        for f in io.list_dir(d):
+            io.remove(f)
+    io.remove(d)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def work_summary(stats: dict) -> Optional[str]:
+    """One line on the run's intermediates (None when it wrote none)."""
+    peak = int(stats.get("work_bytes_peak") or 0)
+    if not peak:
+        return None
+    kept = int(stats.get("work_bytes_kept") or 0)
+    fate = (f"{_human_bytes(kept)} kept (keep_work: true)" if kept
+            else "removed after the run (keep_work: true keeps them)")
+    return f"intermediates: {_human_bytes(peak)} at peak under {S.WORK_DIR}/ ({peak:,} bytes); {fate}"
 
 
 def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[list[str]] = None,
@@ -486,12 +537,20 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
         with Progress(p, enabled=progress):
             with beam.Pipeline(options=opts) as bp:
                 _ = bp | "Thresher" >> CurateShards(p, finalize=False)
-    return finish(p, time.time() - t0, resumed_complete=done)
+    stats = finish(p, time.time() - t0, resumed_complete=done)
+    line = work_summary(stats) if progress and not done else None
+    if line:
+        log(line)
+    return stats
 
 
 def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> dict:
     """The bookkeeping after the pipeline: ``stats.json`` from the manifests, reconciliation
-    against the files on disk, removal of the work rows (unless ``output.keep_work``).
+    against the files on disk, then, once every shard's manifest is in and the counts
+    reconcile, removal of everything under ``_work/`` unless ``output.keep_work`` (a later
+    rerun that needs keys recomputes them; an interrupted or failed run never gets here, so
+    a resume finds its finished shards' work files). ``stats.json`` records
+    ``work_bytes_peak`` (the most bytes ``_work/`` held) and ``work_bytes_kept`` (what is left).
     ``thresher run`` and :class:`CurateShards` in a user's own pipeline both end here.
     Raises :class:`ReconciliationError` when kept + rejected != input rows."""
     cfg = p.cfg
@@ -500,13 +559,12 @@ def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> di
     if resumed_complete and prev and prev.get("config_fingerprint") == p.fingerprint:
         stats["wall_seconds"] = prev.get("wall_seconds", stats["wall_seconds"])
         stats["docs_per_second"] = prev.get("docs_per_second", stats["docs_per_second"])
+        # nothing ran this time: the peak is the one the run that did the work saw
+        stats["work_bytes_peak"] = max(int(prev.get("work_bytes_peak") or 0), stats["work_bytes_peak"])
+    if stats["reconciled"] and not cfg.output.keep_work:
+        remove_work(p.out)
+    stats["work_bytes_kept"] = work_bytes(p.out)
     io.write_json(io.join(p.out, S.STATS_FILE), stats)
-    if not cfg.output.keep_work:
-        # document rows are no longer needed; the small global keys stay for cheap reruns
-        for f in io.list_dir(io.join(p.out, S.WORK_DIR), ".parquet"):
-            base = f.rstrip("/").rsplit("/", 1)[-1]
-            if base.endswith(".rows.parquet") or ".step" in base:
-                io.remove(f)
     if not stats["reconciled"]:
         raise ReconciliationError(
             f"row counts do not reconcile: input {stats['input_rows']} != kept {stats['kept_rows']} + "
@@ -514,4 +572,5 @@ def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> di
     return stats
 
 
-__all__ = ["run", "plan", "load", "aggregate", "finish", "ReconciliationError", "ConfigError", "InputError"]
+__all__ = ["run", "plan", "load", "aggregate", "finish", "work_bytes", "work_summary", "ReconciliationError",
+           "ConfigError", "InputError"]

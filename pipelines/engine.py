@@ -12,7 +12,9 @@ Flow for one shard (no global stage)::
 With global stages, phase 1 writes the processed rows to ``_work/`` plus a small
 key table per global stage; the global step turns keys into decisions; phase 2
 applies the decisions to the work rows and writes kept/rejected. Text never
-leaves the shard's own worker.
+leaves the shard's own worker. ``_work/`` holds only what a resume needs: it is
+removed after a successful run (``api.finish``) unless ``output.keep_work``; each
+shard's manifest records the bytes its steps wrote there (``work_bytes``).
 """
 from __future__ import annotations
 
@@ -84,6 +86,19 @@ def segment_manifest_path(out: str, shard: io.Shard, seg: Segment, n_segments: i
 
 def work_keys_path(out: str, shard: io.Shard, stage_idx: int) -> str:
     return io.join(out, S.WORK_DIR, f"{shard.name}.keys{stage_idx}.parquet")
+
+
+def file_size(path: str) -> int:
+    """Bytes of a file as written (0 when it cannot be measured). Remote paths go through
+    Beam's ``FileSystems`` as in :mod:`io`; a local run never imports Beam here."""
+    try:
+        if not io.is_remote(path):
+            return os.path.getsize(io._local(path))
+        from apache_beam.io.filesystems import FileSystems
+        found = FileSystems.match([path])[0].metadata_list
+        return int(found[0].size_in_bytes) if found else 0
+    except Exception:  # noqa: BLE001 - a size is bookkeeping, never a reason to fail a shard
+        return 0
 
 
 def is_done(path: str, fingerprint: str) -> bool:
@@ -474,9 +489,11 @@ class ShardProcessor:
         return out
 
     def _finish(self, shard: io.Shard, manifest: dict, stage_seconds: dict, seconds: float,
-                docs_in: Optional[dict] = None, stage_stats: Optional[dict] = None) -> dict:
-        """Write the shard's manifest last: its presence marks the shard complete."""
+                docs_in: Optional[dict] = None, stage_stats: Optional[dict] = None, work_bytes: int = 0) -> dict:
+        """Write the shard's manifest last: its presence marks the shard complete.
+        ``work_bytes``: what this shard's steps wrote under ``_work/`` (work rows, key files)."""
         manifest["stage_seconds"] = stage_seconds
+        manifest["work_bytes"] = int(work_bytes)
         manifest["stage_docs_in"] = dict(docs_in or {})
         if stage_stats:
             manifest["stage_stats"] = stage_stats
@@ -556,7 +573,8 @@ class ShardProcessor:
             all_docs_in = {**prev.get("stage_docs_in", {}), **docs_in}
             self._finish(shard, manifest, stage_seconds,
                          float(prev.get("seconds", 0.0)) + time.perf_counter() - t_start, all_docs_in,
-                         {**prev.get("stage_stats", {}), **self._stage_stats(seg.lo, seg.hi)})
+                         {**prev.get("stage_stats", {}), **self._stage_stats(seg.lo, seg.hi)},
+                         int(prev.get("work_bytes", 0)))
             return key_paths
         _, _, work_s = self.schemas(shard)
         later = {f.name for st in self.stages[seg.hi:] for f in st.fields()}
@@ -573,6 +591,7 @@ class ShardProcessor:
         except BaseException:
             rows_w.abort()
             raise
+        work_bytes = file_size(rows_w.path)
         for k in gidx:
             parts = keys_acc.get(k, [])
             t = pa.concat_tables(parts, promote_options="permissive") if parts else self._empty_keys(shard, k)
@@ -583,11 +602,14 @@ class ShardProcessor:
             except BaseException:
                 w.abort()
                 raise
+            work_bytes += file_size(key_paths[k])
         io.write_json(segment_manifest_path(out, shard, seg, len(segs)), {
             "fingerprint": fp, "rows": rows, "chars_in": chars_total,
             "stage_seconds": {**prev.get("stage_seconds", {}), **timers},
             "stage_docs_in": {**prev.get("stage_docs_in", {}), **docs_in},
             "stage_stats": {**prev.get("stage_stats", {}), **self._stage_stats(seg.lo, seg.hi)},
+            # bytes under _work/ this shard's steps wrote so far (this step's rows and keys included)
+            "work_bytes": int(prev.get("work_bytes", 0)) + work_bytes,
             "seconds": float(prev.get("seconds", 0.0)) + time.perf_counter() - t_start})
         return key_paths
 
@@ -637,7 +659,7 @@ class ShardProcessor:
         stage_seconds["apply_decisions"] = time.perf_counter() - t_start
         return self._finish(shard, manifest, stage_seconds,
                             float(p1.get("seconds", 0.0)) + time.perf_counter() - t_start,
-                            p1.get("stage_docs_in", {}), p1.get("stage_stats", {}))
+                            p1.get("stage_docs_in", {}), p1.get("stage_stats", {}), int(p1.get("work_bytes", 0)))
 
     def _check_decisions(self, k: int, t: pa.Table) -> None:
         stage = self.stages[k]

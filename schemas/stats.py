@@ -9,7 +9,13 @@ a matching fingerprint is what lets a rerun skip the shard.
     {"version": 1, "config_fingerprint": ..., "input_rows": N, "kept_rows": K,
      "rejected_rows": R, "reconciled": true, "stages": [ {"id", "name", "docs_in",
      "kept", "rejected", "chars_in", "chars_rejected", "seconds", "reasons":
-     {reason: {"docs", "chars"}}} ... ], "shards": {...}, "wall_seconds": ...}
+     {reason: {"docs", "chars"}}} ... ], "shards": {...}, "wall_seconds": ...,
+     "work_bytes_peak": B, "work_bytes_kept": b}
+
+``work_bytes_peak`` is the most bytes ``_work/`` held during the run (each manifest's
+``work_bytes``, what its shard's steps wrote there, summed; or what was on disk before the
+cleanup if more); ``work_bytes_kept`` is what is left under ``_work/`` after it (0 unless
+``output.keep_work``).
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ def empty_manifest(shard: str, input_path: str, fingerprint: str) -> dict[str, A
         "stage_seconds": {},    # stage id -> seconds spent in this shard
         "stage_docs_in": {},    # stage id -> docs the stage processed in this shard
         "files": {},            # "kept"/"rejected" -> relative path
+        "work_bytes": 0,        # bytes this shard's steps wrote under _work/ (work rows, key files)
         "seconds": 0.0,
     }
 

@@ -89,7 +89,8 @@ def test_stage_selects_global_top_chars_across_uneven_shards(tmp_path, style_cla
     for i in range(4):
         pq.write_table(t.slice(cuts[i], cuts[i + 1] - cuts[i]), inp / f"s{i}.parquet")
     out = str(tmp_path / "out")
-    stats = local_run({"input": str(inp), "output": out,
+    # keep_work: the key files are read again below
+    stats = local_run({"input": str(inp), "output": {"path": out, "keep_work": True},
                        "stages": [{"name": "preselect", "model": style_classifier, "top_fraction_chars": 0.2}]})
     assert stats["reconciled"]
     con = duckdb.connect()
