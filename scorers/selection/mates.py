@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from thresher.scorers.base import Column, Decisions, Param, ParamError, between
+from thresher.scorers.base import Column, Param, ParamError, between
 from thresher.scorers.models.stages import MODEL_PARAMS, ModelBacked
 from thresher.scorers.registry import register
-from thresher.scorers.selection.select import ScoreThenSelect, gumbel_noise, top_k
+from thresher.scorers.selection.select import GLOBAL_STEP_PARAM, ScoreThenSelect, gumbel_noise, top_k
 
 MATES_INFLUENCE = "mates_influence"
 #: written by ``thresher mates fit`` next to the influence model
@@ -94,6 +94,7 @@ class Mates(ModelBacked, ScoreThenSelect):
         "seed": Param(int, 0, "seed of the Gumbel draws", between(0, (1 << 63) - 1)),
         "random_baseline": Param(bool, False, "rank by Gumbel noise alone (every prediction 0): the random "
                                               "selection of the same size"),
+        "global_step": GLOBAL_STEP_PARAM,
     }
     columns = (Column(MATES_INFLUENCE, pa.float32(),
                       "predicted reference loss after training on the document (lower is better)"),)
@@ -174,35 +175,39 @@ class Mates(ModelBacked, ScoreThenSelect):
                          "_chars": pc.utf8_length(text).cast(pa.int64()), "_id": ids,
                          "_z": pa.array(z, pa.float64())})
 
-    def select(self, scores: np.ndarray, chars: np.ndarray, id_hash: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
-        cfg = self.config
-        n = scores.size
-        z = getattr(self, "_z", None)
-        if cfg["random_baseline"]:
-            pred = np.zeros(n)
-        elif z is not None and z.size == n:
-            pred = z
-        else:
-            # the temperature acts on the scale the influence model was trained in (z-normalised
-            # oracle scores, as the authors' predictions are): de-normalised losses differ by
-            # ~1e-3 and would leave the selection to the noise alone
-            mean, std = self.target_scale()
-            pred = (np.nan_to_num(scores.astype(np.float64), nan=np.inf) - mean) / std
-        k = selection_size(n, cfg["ratio"], cfg["k"])
-        return gumbel_top_k(pred, id_hash, k, cfg["temperature"], cfg["seed"])
+    # -- the rank order (the base's hooks): the prediction on the influence model's scale
+    def rank_input(self, scores: np.ndarray, keys: Optional[pa.Table] = None) -> np.ndarray:
+        n = np.asarray(scores).size
+        if self.config["random_baseline"]:
+            return np.zeros(n)
+        z = None
+        if keys is not None and "_z" in keys.column_names and keys.num_rows:
+            z = keys["_z"].to_numpy().astype(np.float64)
+        elif getattr(self, "_z", None) is not None and self._z.size == n:
+            z = self._z
+        if z is not None:
+            return z
+        # the temperature acts on the scale the influence model was trained in (z-normalised
+        # oracle scores, as the authors' predictions are): de-normalised losses differ by
+        # ~1e-3 and would leave the selection to the noise alone
+        mean, std = self.target_scale()
+        return (np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf) - mean) / std
 
-    def compute(self, keys: pa.Table) -> Decisions:
-        self._z = (keys["_z"].to_numpy().astype(np.float64) if "_z" in keys.column_names and keys.num_rows
-                   else None)
-        try:
-            d = super().compute(keys)
-        finally:
-            self._z = None
+    def rank_temperature(self) -> Optional[float]:
+        return self.config["temperature"] or None
+
+    def cut_target(self, n: int, total_chars: int) -> tuple[str, float, bool, bool]:
+        k = selection_size(n, self.config["ratio"], self.config["k"])
+        return ("at", float(k), False, False) if k > 0 else ("none", 0.0, False, False)
+
+    def selection_stats(self, n: int, total: int, selected_docs: int, selected_chars: int,
+                        thr: Optional[float]) -> dict[str, Any]:
+        st = super().selection_stats(n, total, selected_docs, selected_chars, thr)
         cfg = self.config
         mean, std = (0.0, 1.0) if cfg["random_baseline"] else self.target_scale()
-        d.stats.update({"k": selection_size(keys.num_rows, cfg["ratio"], cfg["k"]), "ratio": cfg["ratio"],
-                        "target_mean": mean, "target_std": std,
-                        "temperature": cfg["temperature"], "seed": cfg["seed"],
-                        "random_baseline": cfg["random_baseline"]})
-        d.stats.pop("gumbel_temperature", None)
-        return d
+        st.update({"k": selection_size(n, cfg["ratio"], cfg["k"]), "ratio": cfg["ratio"],
+                   "target_mean": mean, "target_std": std,
+                   "temperature": cfg["temperature"], "seed": cfg["seed"],
+                   "random_baseline": cfg["random_baseline"]})
+        st.pop("gumbel_temperature", None)
+        return st

@@ -16,6 +16,13 @@ set the fraction/k selections rank ``score / temperature + G`` instead, with ``G
 Gumbel(0, 1) draw that is a pure function of (``seed``, id), i.e. Gumbel-top-k sampling
 without replacement (MATES samples this way with temperature 0.5; for lower-is-better
 scores the k smallest perturbed values are taken, as the authors do).
+
+Both global steps rank by :meth:`ScoreThenSelect.rank_keys`: a ``uint64`` order (ascending =
+best first; the ranking value with its noise, sign and NaN-last folded in by :func:`order_key`)
+and the id hash. ``global_step: gather`` decides in ``compute`` on one worker;
+``distributed`` (``pipelines/select_beam.py``) finds the same cut from per-shard histograms
+refined to the exact boundary; ``auto`` (default) is distributed above 1,000,000 input rows or
+256 shards.
 """
 from __future__ import annotations
 
@@ -27,10 +34,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.schemas import columns as C
-from thresher.scorers.base import Decisions, GlobalStage, Param, ParamError, between
+from thresher.scorers.base import Decisions, GlobalStage, Param, ParamError, between, one_of
 from thresher.scorers.text.hashing import stable_id_hash
 
 MODES = ("threshold", "top_fraction_chars", "top_fraction_docs", "top_k")
+GLOBAL_STEPS = ("auto", "gather", "distributed")
+#: the Beam builder of the distributed global step (``pipelines/select_beam.py``)
+DISTRIBUTED_STEP = "thresher.pipelines.select_beam:distributed_select"
+GLOBAL_STEP_PARAM = Param(
+    str, "auto", "how the global cut is computed: gather (every key on one worker), distributed "
+                 "(per-shard histograms refined to the exact boundary; memory per worker bounded by "
+                 "the shard size; the same selection) or auto (distributed above 1,000,000 input rows "
+                 "or 256 shards, else gather)", one_of(*GLOBAL_STEPS))
 
 
 def top_fraction(scores: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray,
@@ -86,6 +101,43 @@ def gumbel_noise(id_hash: np.ndarray, seed: int) -> np.ndarray:
     return -np.log(-np.log(u))
 
 
+_SIGN = np.uint64(1 << 63)
+_NAN_ORDER = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def order_key(v: np.ndarray) -> np.ndarray:
+    """Order-preserving ``uint64`` of float64 ranking values (ascending = best first): the
+    IEEE bits with the sign bit flipped for positives and every bit flipped for negatives;
+    ``-0.0`` and ``0.0`` map to one value and every NaN to the largest (last), the order
+    ``np.lexsort`` gives floats."""
+    v = np.asarray(v, np.float64) + 0.0          # -0.0 + 0.0 == +0.0
+    bits = v.view(np.uint64)
+    out = np.where(bits & _SIGN, ~bits, bits | _SIGN)
+    out[np.isnan(v)] = _NAN_ORDER
+    return out.astype(np.uint64, copy=False)
+
+
+def order_value(o) -> np.ndarray:
+    """The inverse of :func:`order_key` (NaN for the NaN order)."""
+    o = np.atleast_1d(np.asarray(o, np.uint64))
+    bits = np.where(o & _SIGN, o & ~_SIGN, ~o)
+    v = bits.view(np.float64).copy()
+    v[o == _NAN_ORDER] = np.nan
+    return v
+
+
+def cut_count(cum: np.ndarray, target: float, closer: bool) -> int:
+    """Rows kept of ``cum`` (the inclusive cumulative weights in rank order): through the
+    first row whose cumulative weight reaches ``target``; with ``closer`` one row fewer when
+    stopping before that row lands closer to the target."""
+    n = cum.size
+    k = int(np.searchsorted(cum, target, side="left")) + 1
+    k = min(max(k, 1), n)
+    if closer and k > 1 and abs(cum[k - 2] - target) < abs(cum[k - 1] - target):
+        k -= 1
+    return k
+
+
 class ScoreThenSelect(GlobalStage):
     """Base of the stages that score each document, then keep an exact global selection.
 
@@ -111,6 +163,7 @@ class ScoreThenSelect(GlobalStage):
                                                  "noise (seeded per id) instead of the score; null = off",
                                     between(1e-9), nullable=True),
         "seed": Param(int, 0, "seed of the Gumbel noise", between(0, (1 << 63) - 1)),
+        "global_step": GLOBAL_STEP_PARAM,
     }
 
     @classmethod
@@ -136,38 +189,117 @@ class ScoreThenSelect(GlobalStage):
         return pa.table({self.score_column: pa.array(np.asarray(self.score(text, batch), np.float32), pa.float32()),
                          "_chars": pc.utf8_length(text).cast(pa.int64()), "_id": ids})
 
+    def distributed_step(self) -> Optional[str]:
+        """The distributed cut (``global_step: distributed``, or ``auto``: the builder then
+        falls back to the gather path for a small run), else None (gather)."""
+        if self.config.get("global_step", "gather") == "gather":
+            return None
+        return DISTRIBUTED_STEP
+
+    # -- the rank order both global steps share ------------------------------------------
+    def rank_input(self, scores: np.ndarray, keys: Optional[pa.Table] = None) -> np.ndarray:
+        """The float64 value that is ranked (before the Gumbel noise): the score."""
+        return np.asarray(scores, np.float64)
+
+    def rank_temperature(self) -> Optional[float]:
+        """Gumbel temperature (None or 0 = no noise)."""
+        return self.config.get("gumbel_temperature")
+
+    def rank_order(self, scores: np.ndarray, id_hash: np.ndarray, keys: Optional[pa.Table] = None) -> np.ndarray:
+        """Per-row ``uint64`` order, ascending = best first (ties: ``id_hash`` ascending):
+        the ranking value (score, or ``score / temperature + Gumbel``), negated when higher
+        is better, through :func:`order_key` (NaN last)."""
+        rank = self.rank_input(scores, keys)
+        t = self.rank_temperature()
+        if t:
+            rank = rank / t + gumbel_noise(id_hash, self.config["seed"])
+        sign = 1.0 if self.higher_is_better else -1.0
+        return order_key(-(sign * rank))
+
+    def rank_keys(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A key table -> (``order`` uint64, ascending = best first; ``id_hash`` uint64, the
+        tiebreak, ascending; ``chars`` int64): the total order of both global steps."""
+        n = keys.num_rows
+        if n == 0:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        scores = keys[self.score_column].to_numpy().astype(np.float64)
+        chars = keys["_chars"].to_numpy().astype(np.int64)
+        ih = stable_id_hash(keys["_id"].combine_chunks())
+        return self.rank_order(scores, ih, keys), ih, chars
+
+    def reported_cut(self, order: Optional[int]) -> Optional[float]:
+        """The cut written to the stats from the ``order`` of the last kept row: the lowest
+        kept score (highest when lower is better; the perturbed value under Gumbel)."""
+        if order is None:
+            return None
+        v = float(order_value(order)[0])
+        sign = 1.0 if self.higher_is_better else -1.0
+        return -sign * v if math.isfinite(v) else None
+
+    def cut_target(self, n: int, total_chars: int) -> tuple[str, float, bool, bool]:
+        """(outcome, target, closer, weigh_chars): outcome ``none`` (keep nothing), ``all``
+        or ``at``: keep through the first row (in rank order) whose cumulative weight
+        (characters when ``weigh_chars``, else documents) reaches ``target``, one row fewer
+        when ``closer`` and stopping before it lands closer."""
+        cfg = self.config
+        if self.mode == "top_k":
+            k = min(max(int(cfg["top_k"]), 0), n)
+            return ("at", float(k), False, False) if k else ("none", 0.0, False, False)
+        chars = self.mode == "top_fraction_chars"
+        f = cfg["top_fraction_chars"] if chars else cfg["top_fraction_docs"]
+        if n == 0 or f <= 0:
+            return "none", 0.0, False, chars
+        if f >= 1:
+            return "all", 0.0, False, chars
+        return "at", f * float(total_chars if chars else n), True, chars
+
+    def select_ordered(self, order: np.ndarray, id_hash: np.ndarray, chars: np.ndarray
+                       ) -> tuple[np.ndarray, Optional[float]]:
+        """Mask of the selected rows given their rank order, and the reported cut."""
+        n = order.size
+        mask = np.zeros(n, dtype=bool)
+        outcome, target, closer, weigh_chars = self.cut_target(n, int(np.asarray(chars, np.int64).sum()))
+        if outcome == "none" or n == 0:
+            return mask, None
+        o = np.lexsort((id_hash, order))
+        if outcome == "all":
+            kk = n
+        else:
+            w = np.asarray(chars, np.float64)[o] if weigh_chars else np.ones(n)
+            kk = cut_count(np.cumsum(w, dtype=np.float64), target, closer)
+        mask[o[:kk]] = True
+        return mask, self.reported_cut(int(order[o[kk - 1]]))
+
     def select(self, scores: np.ndarray, chars: np.ndarray, id_hash: np.ndarray) -> tuple[np.ndarray, Optional[float]]:
         """Mask of the selected rows and the cut (lowest kept score, or highest when lower
         is better; for Gumbel sampling the cut on the perturbed ranking value)."""
-        cfg = self.config
-        n = scores.size
         if self.mode == "threshold":
-            t = cfg["threshold"]
-            return ((scores >= t) if self.higher_is_better else (scores <= t)), t
-        rank = scores.astype(np.float64)
-        if cfg["gumbel_temperature"] is not None:
-            rank = rank / cfg["gumbel_temperature"] + gumbel_noise(id_hash, cfg["seed"])
-        sign = 1.0 if self.higher_is_better else -1.0
-        key = sign * rank
-        if self.mode == "top_k":
-            mask, thr = top_k(key, id_hash, cfg["top_k"])
-        elif self.mode == "top_fraction_docs":
-            mask, thr = top_fraction(key, np.ones(n), id_hash, cfg["top_fraction_docs"])
-        else:
-            mask, thr = top_fraction(key, chars.astype(np.float64), id_hash, cfg["top_fraction_chars"])
-        return mask, (sign * thr if math.isfinite(thr) else None)
+            return self.threshold_mask(scores), self.config["threshold"]
+        return self.select_ordered(self.rank_order(scores, id_hash), id_hash, chars)
+
+    def threshold_mask(self, scores: np.ndarray) -> np.ndarray:
+        t = self.config["threshold"]
+        return (scores >= t) if self.higher_is_better else (scores <= t)
+
+    def selection_stats(self, n: int, total: int, selected_docs: int, selected_chars: int,
+                        thr: Optional[float]) -> dict[str, Any]:
+        """The stats of ``_global/<id>.json`` (both global steps)."""
+        return {"mode": self.mode, "gumbel_temperature": self.config.get("gumbel_temperature"),
+                "threshold": thr, "selected_docs": int(selected_docs), "docs": int(n),
+                "selected_chars": int(selected_chars), "chars": int(total),
+                "selected_char_fraction": float(selected_chars / total) if total else 0.0}
 
     def compute(self, keys: pa.Table) -> Decisions:
         n = keys.num_rows
-        scores = keys[self.score_column].to_numpy().astype(np.float64) if n else np.zeros(0)
-        chars = keys["_chars"].to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-        ih = stable_id_hash(keys["_id"].combine_chunks()) if n else np.zeros(0, np.uint64)
-        mask, thr = self.select(scores, chars, ih)
-        total = int(chars.sum())
-        stats = {"mode": self.mode, "gumbel_temperature": self.config.get("gumbel_temperature"),
-                 "threshold": thr, "selected_docs": int(mask.sum()), "docs": n,
-                 "selected_chars": int(chars[mask].sum()), "chars": total,
-                 "selected_char_fraction": float(chars[mask].sum() / total) if total else 0.0}
+        if self.mode == "threshold":
+            scores = keys[self.score_column].to_numpy().astype(np.float64) if n else np.zeros(0)
+            chars = keys["_chars"].to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+            mask, thr = self.threshold_mask(scores), self.config["threshold"]
+        else:
+            order, ih, chars = self.rank_keys(keys)
+            mask, thr = self.select_ordered(order, ih, chars)
+        stats = self.selection_stats(n, int(chars.sum()), int(mask.sum()), int(chars[mask].sum()), thr)
+        stats["global_step"] = "gather"
         rej = np.flatnonzero(~mask)
         take = pa.array(rej)
         return Decisions(pa.table({
