@@ -322,6 +322,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:2] == ["preselect", "train"]:
         from thresher.pipelines.commands.preselect import main as ps_main
         return ps_main(argv[2:])
+    if argv[:1] == ["experiment"]:
+        from thresher.pipelines.commands.experiment import main as exp_main
+        return exp_main(argv[1:])
     if argv[:1] == ["mates"] and argv[1:2] and argv[1] in ("probe", "fit", "loop"):
         from thresher.pipelines.commands import mates
         return {"probe": mates.main_probe, "fit": mates.main_fit, "loop": mates.main_loop}[argv[1]](argv[2:])
@@ -383,6 +386,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     xp.add_argument("action", choices=["exec", "teach", "train"])
     pp = sub.add_parser("preselect", help="PreSelect tools (thresher preselect train CONFIG)")
     pp.add_argument("action", choices=["train"])
+    sub.add_parser("experiment", help="train small LMs on each arm's selection at equal tokens "
+                                      "(thresher experiment CONFIG)")
     mp = sub.add_parser("mates", help="MATES tools: probe (oracle influence), fit (influence model), loop CONFIG")
     mp.add_argument("action", choices=["probe", "fit", "loop"])
 
