@@ -256,3 +256,11 @@ def load_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("", f"{path} must contain a mapping at the top level")
     return data
+
+
+def load_command_config(path: str, output: Optional[str] = None) -> dict[str, Any]:
+    """A command's YAML config (:func:`load_config_file`) with ``--output`` put over its ``output``."""
+    raw = load_config_file(path)
+    if output:
+        raw["output"] = output
+    return raw

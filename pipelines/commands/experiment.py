@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.schemas.config import ConfigError, config_number, did_you_mean, load_config_file
+from thresher.schemas.config import ConfigError, config_number, did_you_mean, load_command_config
 
 _KEYS = {"output", "pool", "token_budget", "seeds", "model", "eval_points", "eval_tokens", "eval", "prepare",
          "arms"}
@@ -652,9 +652,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     t0 = time.time()
     try:
-        raw = load_config_file(a.config)
-        if a.output:
-            raw["output"] = a.output
+        raw = load_command_config(a.config, a.output)
         res = run_experiment(raw)
     except ConfigError as e:
         sys.stderr.write(f"thresher: error: {e}\n")

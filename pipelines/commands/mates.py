@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.pipelines import io
-from thresher.schemas.config import ConfigError, did_you_mean, load_config_file
+from thresher.schemas.config import ConfigError, did_you_mean, load_command_config
 from thresher.schemas.documents import InputError
 
 ORACLE_FILE = "oracle.parquet"
@@ -307,9 +307,7 @@ def main_loop(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     from thresher.pipelines.commands.mates_loop import run_loop
     try:
-        raw = load_config_file(a.config)
-        if a.output:
-            raw["output"] = a.output
+        raw = load_command_config(a.config, a.output)
         summary = run_loop(raw)
     except (UsageError, ConfigError, InputError) as e:
         _err(str(e))

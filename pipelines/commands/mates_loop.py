@@ -51,7 +51,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -422,6 +421,4 @@ def run_loop(raw: dict, log: Callable[[str], None] = _log) -> dict:
             f"tokens trained; reference loss {rec['reference_loss']:.4f} ({rec['seconds']:.1f} s)")
         done.append(rec)
         write_summary()
-        for sub in ("select/_work",):
-            shutil.rmtree(os.path.join(sd, sub), ignore_errors=True)
     return {"fingerprint": fp, "config": cfg, "stages": done, "seconds": round(time.time() - t_loop, 2)}

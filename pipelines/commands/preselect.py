@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.pipelines import io
-from thresher.schemas.config import ConfigError, load_config_file
+from thresher.schemas.config import ConfigError, load_command_config
 from thresher.schemas.documents import InputError
 
 _KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "min_labels_per_class",
@@ -306,9 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--output", help="override the config's output directory")
     a = ap.parse_args(argv)
     try:
-        raw = load_config_file(a.config)
-        if a.output:
-            raw["output"] = a.output
+        raw = load_command_config(a.config, a.output)
         card = train(raw, log=lambda s: print(s, file=sys.stderr))
     except (ConfigError, InputError, ValueError, ImportError) as e:
         sys.stderr.write(f"thresher: error: {e}\n")

@@ -46,7 +46,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 OPTIMIZER_FILE = "optimizer.pt"
 #: AdamW of a probe when the checkpoint has no optimizer state (the authors' pretraining optimizer)
@@ -227,41 +226,29 @@ def reference_set(table, tokenizer, max_length: int) -> ReferenceSet:
 # ----------------------------------------------------------------------------- reference loss
 class ReferenceEvaluator:
     """Mean NLL (nats) of ``model`` over every scored token of a :class:`ReferenceSet`,
-    in the engine's token-budget batches (length-sorted), float64-accumulated."""
+    in the engine's token-budget batches (length-sorted), float64-accumulated. The batch
+    step is the ``causal_lm_loss`` task's (one copy of the masked-loss code, and its fast
+    path: the output layer runs on the scored positions only)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, reference: ReferenceSet, engine):
+        from thresher.scorers.models.loading import LoadedModel
+        from thresher.scorers.models.tasks import CausalLMLoss
         self.model = model
         self.ref = reference
         self.engine = engine
-        self.pad_id = next(x for x in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if x is not None)
+        longest = max(len(s) for s, _ in reference.units)
+        self._task = CausalLMLoss(LoadedModel.wrap(model, tokenizer), engine=engine, max_length=max(2, longest))
+        self._units = [(0, s, first) for s, first in reference.units]
         self._lengths = [len(s) for s, _ in reference.units]
 
     def __call__(self) -> float:
-        units = self.ref.units
+        units = self._units
         was_training = self.model.training
         self.model.train(False)
-        out = self.engine.run(self._lengths, lambda idx: self._step([units[i] for i in idx]))
+        out = self.engine.run(self._lengths, lambda idx: self._task._step([units[i] for i in idx]))
         self.model.train(was_training)
         sums = np.asarray(out, dtype=np.float64).reshape(-1)
         return float(sums.sum() / self.ref.scored_tokens)
-
-    def _step(self, us: list[tuple[list[int], int]]) -> torch.Tensor:
-        eng = self.engine
-        B = len(us)
-        L = eng.padded_length(max(len(s) for s, _ in us))
-        ids = np.full((B, L), self.pad_id, dtype=np.int64)
-        mask = np.zeros((B, L), dtype=np.int64)
-        tgt = np.zeros((B, L - 1), dtype=bool)
-        for b, (s, first) in enumerate(us):
-            ids[b, :len(s)] = s
-            mask[b, :len(s)] = 1
-            tgt[b, first - 1:len(s) - 1] = True
-        ids_t, mask_t, tgt_t = eng.as_tensor(ids), eng.as_tensor(mask), eng.as_tensor(tgt)
-        logits = self.model(input_ids=ids_t, attention_mask=mask_t, use_cache=False).logits[:, :-1]
-        nll = F.cross_entropy(logits[tgt_t].float(), ids_t[:, 1:][tgt_t], reduction="none")
-        owner = torch.arange(B, device=nll.device).unsqueeze(1).expand(B, L - 1)[tgt_t]
-        # one summed loss per unit (the engine reassembles them in input order)
-        return torch.zeros(B, dtype=torch.float64, device=nll.device).index_add_(0, owner, nll.double())
 
 
 # ----------------------------------------------------------------------------- prober

@@ -17,18 +17,23 @@ from thresher.scorers.models import build_task  # noqa: E402
 WORDS = "alpha beta gamma delta river stone light paper music city train data model token".split()
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
+def _tiny_lm(tmp_path_factory, name: str, positions: int, seed: int) -> str:
+    """A tiny random Llama with ``positions`` positions and its BPE tokenizer, saved."""
     B = bench("model_scorers", "thresher_bench_model_scorers_gen")
-    rng = random.Random(0)
+    rng = random.Random(seed)
     train = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) for _ in range(300)]
-    tok = B.train_bpe_tokenizer(train, vocab_size=300, max_length=256)
-    lm = B.build_causal_lm(tok, "tiny", max_positions=256, num_key_value_heads=2, hidden_size=32,
+    tok = B.train_bpe_tokenizer(train, vocab_size=300, max_length=positions)
+    lm = B.build_causal_lm(tok, "tiny", max_positions=positions, num_key_value_heads=2, hidden_size=32,
                            intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    d = tmp_path_factory.mktemp("gen")
+    d = tmp_path_factory.mktemp(name)
     lm.save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return _tiny_lm(tmp_path_factory, "gen", 256, seed=0)
 
 
 def test_static_continuous_and_plain_generate_agree(lm_dir):
@@ -64,16 +69,7 @@ MAXPOS = 64
 @pytest.fixture(scope="module")
 def short_lm_dir(tmp_path_factory):
     """A tiny random Llama with only 64 positions (the 2048-position refiners of ProX, scaled down)."""
-    B = bench("model_scorers", "thresher_bench_model_scorers_gen")
-    rng = random.Random(2)
-    train = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) for _ in range(300)]
-    tok = B.train_bpe_tokenizer(train, vocab_size=300, max_length=MAXPOS)
-    lm = B.build_causal_lm(tok, "tiny", max_positions=MAXPOS, num_key_value_heads=2, hidden_size=32,
-                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    d = tmp_path_factory.mktemp("gen64")
-    lm.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return _tiny_lm(tmp_path_factory, "gen64", MAXPOS, seed=2)
 
 
 def _near_limit_docs(tok):
