@@ -2,7 +2,9 @@
 
     python benchmarks/effect/build_pool.py [OUT_DIR]      # default: bench-out/effect/data
 
-Writes ``OUT/pool/pool.parquet`` (id, text, source, noise) and ``OUT/eval/{wiki_en,wiki_other}.parquet``.
+Writes ``OUT/pool/pool.parquet`` (id, text, source, noise), ``OUT/eval/{wiki_en,wiki_other}.parquet`` and
+``OUT/target/dev.parquet``. A file whose bytes would not change is not rewritten (its mtime, part of an
+experiment's identity, stays), so adding a file here never invalidates finished experiments.
 
 Pool (ids keep their source prefix):
 - real text from ``../shared/corpora``: English Wikipedia leads, French and Spanish Wikipedia leads, the
@@ -15,7 +17,11 @@ Pool (ids keep their source prefix):
   originals (``sample-*``; ``noise`` says which, from its truth file).
 
 Eval sets (no arm trains on them): English Wikipedia leads not in the pool (``wiki_en``) and French +
-Spanish leads not in the pool (``wiki_other``). Selection everywhere is by xxh64(seed, id), so the
+Spanish leads not in the pool (``wiki_other``).
+
+Development target (``target/dev.parquet``; the model-based methods' target, never an eval set): 64 English
+and 32 French/Spanish Wikipedia leads that are neither in the pool nor in an eval set. PreSelect's scoring
+LMs are ranked by their loss on it and MATES probes its reference loss on it. Selection everywhere is by xxh64(seed, id), so the
 same corpora always give byte-identical files.
 """
 from __future__ import annotations
@@ -34,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CORPORA = os.environ.get("THRESHER_CORPORA", os.path.join(os.path.dirname(ROOT), "shared", "corpora"))
 
 SIZES = {"wiki_en_pool": 4000, "wiki_other_pool": 500, "wiki_en_eval": 300, "wiki_other_eval": 300,
+         "wiki_en_dev": 64, "wiki_other_dev": 32,
          "handbook_other": 150, "style": 1000, "fortunes": 2000, "tweets": 1000, "sample_docs": 4000,
          "exact_dup_sources": 300, "near_dup_sources": 200}
 SEED = 7
@@ -59,6 +66,20 @@ def _near_copy(text: str, rng: Random) -> str:
     return " ".join(words)
 
 
+def _write(table: pa.Table, path: str) -> bool:
+    """Write ``table`` to ``path`` unless the file already holds exactly these bytes; True if written."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp, compression="zstd", row_group_size=2000)
+    if os.path.exists(path):
+        with open(path, "rb") as a, open(tmp, "rb") as b:
+            if a.read() == b.read():
+                os.remove(tmp)
+                return False
+    os.replace(tmp, path)
+    return True
+
+
 def build(out: str) -> dict:
     rng = Random(SEED)
     pool: list[dict] = []
@@ -73,6 +94,11 @@ def build(out: str) -> dict:
     eval_en, pool_en = en[:n_ev], en[n_ev: n_ev + n_po]
     n_ev, n_po = SIZES["wiki_other_eval"], SIZES["wiki_other_pool"]
     eval_other, pool_other = other[:n_ev], other[n_ev: n_ev + n_po]
+    # the development target: after the eval and pool slices of both lists (disjoint from both)
+    lo = SIZES["wiki_en_eval"] + SIZES["wiki_en_pool"]
+    dev = en[lo: lo + SIZES["wiki_en_dev"]]
+    lo = SIZES["wiki_other_eval"] + SIZES["wiki_other_pool"]
+    dev += other[lo: lo + SIZES["wiki_other_dev"]]
     add(pool_en, "wiki_en")
     add(pool_other, "wiki_other")
     add(_rows("web_sample.parquet", ["id", "text"]), "web")
@@ -114,20 +140,20 @@ def build(out: str) -> dict:
             pool.append({"id": d["id"], "text": d["text"], "source": "sample", "noise": flag})
 
     pool.sort(key=lambda r: (_h(r["id"], SEED + 1), r["id"]))
-    os.makedirs(os.path.join(out, "pool"), exist_ok=True)
-    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(pool), os.path.join(out, "pool", "pool.parquet"), compression="zstd",
-                   row_group_size=2000)
-    for name, rows in (("wiki_en", eval_en), ("wiki_other", eval_other)):
-        pq.write_table(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}),
-                       os.path.join(out, "eval", f"{name}.parquet"), compression="zstd")
+    written = []
+    if _write(pa.Table.from_pylist(pool), os.path.join(out, "pool", "pool.parquet")):
+        written.append("pool/pool.parquet")
+    for name, rows in (("eval/wiki_en", eval_en), ("eval/wiki_other", eval_other), ("target/dev", dev)):
+        if _write(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}),
+                  os.path.join(out, f"{name}.parquet")):
+            written.append(f"{name}.parquet")
     by_source: dict[str, list[int]] = {}
     for r in pool:
         c = by_source.setdefault(r["source"], [0, 0])
         c[0] += 1
         c[1] += len(r["text"])
     return {"pool_docs": len(pool), "pool_chars": sum(v[1] for v in by_source.values()), "by_source": by_source,
-            "eval": {"wiki_en": len(eval_en), "wiki_other": len(eval_other)}}
+            "eval": {"wiki_en": len(eval_en), "wiki_other": len(eval_other)}, "dev": len(dev), "written": written}
 
 
 if __name__ == "__main__":
@@ -136,4 +162,5 @@ if __name__ == "__main__":
     print(f"pool: {s['pool_docs']:,} documents, {s['pool_chars']:,} characters → {target}/pool/pool.parquet")
     for src, (n, c) in sorted(s["by_source"].items()):
         print(f"  {src:<16} {n:>6,} docs {c:>11,} chars")
-    print(f"eval: {s['eval']}")
+    print(f"eval: {s['eval']}; target/dev: {s['dev']} docs")
+    print("written: " + (", ".join(s["written"]) or "nothing (every file already held these bytes)"))

