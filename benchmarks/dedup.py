@@ -24,7 +24,8 @@ their LSH candidate pairs. ``thresher-none`` (verify=none, 14 x 8) does the
 same work as they do; ``thresher`` is the stage core at its defaults (exact-Jaccard verification),
 ``thresher-signature`` verifies with signature estimates only. ``thresher-pipeline`` is the whole
 stage as users run it (Beam, reading, minhash_dedup with defaults, writing kept/rejected,
-reconciliation; ``-2w`` with two worker processes, CPU of children included). datasketch and rensa receive the same normalised
+reconciliation; ``-2w`` with two worker processes, CPU of children included; ``-auto`` with the
+local runner's own choice of worker processes, which the summary compares with the best of the two). datasketch and rensa receive the same normalised
 5-gram strings as thresher hashes (NFKC, lower case, whitespace split; a
 document of fewer than 5 words is one shingle of all its words; empty ones
 are skipped), built in Python, which is part of their cost. datatrove runs its
@@ -329,12 +330,14 @@ def worker_pipeline(data: Path, out: Path, workers: int) -> dict:
     t0, w0 = _cpu(), time.time()
     res_dir = out / "pipeline"
     shutil.rmtree(res_dir, ignore_errors=True)
-    mode = "multi_processing" if workers > 1 else "in_memory"
-    stats = run({"input": {"path": str(data / "corpus"), "id_column": "id"}, "output": str(res_dir),
-                 "stages": [{"name": "minhash_dedup", "ngram": NGRAM, "num_perm": NUM_PERM, "bands": BANDS,
-                             "rows": ROWS, "threshold": THRESHOLD, "seed": SEED, "device": "cpu"}],
-                 "pipeline_options": {"direct_num_workers": workers, "direct_running_mode": mode}},
-                progress=False)
+    cfg = {"input": {"path": str(data / "corpus"), "id_column": "id"}, "output": str(res_dir),
+           "stages": [{"name": "minhash_dedup", "ngram": NGRAM, "num_perm": NUM_PERM, "bands": BANDS,
+                       "rows": ROWS, "threshold": THRESHOLD, "seed": SEED, "device": "cpu"}]}
+    if workers:      # None: the local runner's own choice (api.local_workers)
+        mode = "multi_processing" if workers > 1 else "in_memory"
+        cfg["pipeline_options"] = {"direct_num_workers": workers, "direct_running_mode": mode}
+    chosen = []
+    stats = run(cfg, progress=False, log=chosen.append)
     cpu, wall = _cpu() - t0, time.time() - w0
     assert stats["reconciled"]
     con = duckdb.connect()
@@ -342,12 +345,14 @@ def worker_pipeline(data: Path, out: Path, workers: int) -> dict:
                        f"'{res_dir}/rejected/*.parquet'])").fetchall()
     pq.write_table(pa.table({"id": [r[0] for r in rows], "cluster": [r[1] for r in rows]}), out / "pred.parquet")
     return {"docs": stats["input_rows"], "cpu_s": cpu, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(),
-            "removed": stats["rejected_rows"], "bands": BANDS, "rows": ROWS}
+            "removed": stats["rejected_rows"], "bands": BANDS, "rows": ROWS,
+            "workers": workers or next((x for x in chosen if x.startswith("local runner")), "default")}
 
 
 WORKERS = {"thresher": lambda d, o: worker_thresher(d, o, "default"),
            "thresher-pipeline": lambda d, o: worker_pipeline(d, o, 1),
            "thresher-pipeline-2w": lambda d, o: worker_pipeline(d, o, 2),
+           "thresher-pipeline-auto": lambda d, o: worker_pipeline(d, o, None),
            "thresher-jaccard": lambda d, o: worker_thresher(d, o, "jaccard"),
            "thresher-signature": lambda d, o: worker_thresher(d, o, "signature"),
            "thresher-none": lambda d, o: worker_thresher(d, o, "none"),
@@ -397,7 +402,8 @@ def score(data: Path, pred_path: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
-    ap.add_argument("--systems", default="thresher-pipeline,thresher,thresher-signature,thresher-none,"
+    ap.add_argument("--systems", default="thresher-pipeline,thresher-pipeline-2w,thresher-pipeline-auto,"
+                                         "thresher,thresher-signature,thresher-none,"
                                          "datasketch,rensa,datatrove")
     ap.add_argument("--root", default=str(ROOT / "bench-out"))
     ap.add_argument("--rebuild", action="store_true")
@@ -447,6 +453,13 @@ def main(argv=None):
         ratio = f"{r['docs_per_cpu_s'] / base:.1f}" if base else "-"
         print(f"{system:18s} {r['docs_per_cpu_s']:11.0f} {ratio:>11s} {r['cpu_s']:8.1f} {r['wall_s']:8.1f} "
               f"{r['peak_rss_mb']:8.0f} {r['removed']:8d} {r['precision']:7.4f} {r['recall']:7.4f} {r['f1']:7.4f}")
+    two = [results.get(k) for k in ("thresher-pipeline", "thresher-pipeline-2w")]
+    auto = results.get("thresher-pipeline-auto")
+    if auto and all(r and "error" not in r for r in two + [auto]):
+        best_cpu, best_wall = min(r["cpu_s"] for r in two), min(r["wall_s"] for r in two)
+        print(f"\nworker choice ({auto['workers']}): CPU {auto['cpu_s']:.1f} s = {auto['cpu_s'] / best_cpu:.2f}x "
+              f"the best of 1 and 2 workers ({best_cpu:.1f} s); wall {auto['wall_s']:.1f} s = "
+              f"{auto['wall_s'] / best_wall:.2f}x the best ({best_wall:.1f} s)")
     for system, r in results.items():
         if system.startswith("thresher") and "phases_cpu_s" in r:
             print(f"\n{system} phases (CPU s): " + ", ".join(f"{k}={v}" for k, v in r["phases_cpu_s"].items()))

@@ -128,12 +128,70 @@ def preflight(cfg: Config, stages: list, shards: list) -> None:
         cols |= {f.name for f in st.fields()}
 
 
-#: below this many input rows the local runner uses one in-process worker: starting
-#: Beam's worker processes costs ~3.5 s here, more than the work itself.
-MULTIPROCESS_MIN_ROWS = 50_000
+#: the local runner starts worker processes only when the local stages' estimated CPU work
+#: is above this many seconds: starting Beam's workers costs ~3.5 s here and every batch
+#: crosses gRPC to them, so below it one in-process worker is as fast and spends less CPU
+MULTIPROCESS_MIN_WORK_S = 15.0
+#: the engine's own per-byte cost (read, UTF-8 check, ids, write), on top of the stages'
+ENGINE_NS_PER_BYTE = 25.0
 
 
-def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None, total_rows: Optional[int] = None):
+def text_bytes(p: E.Plan) -> int:
+    """Uncompressed bytes of the text column over all shards, from the Parquet footers
+    (metadata only; falls back to the file size where a footer cannot be read)."""
+    import pyarrow.parquet as pq
+    col = p.cfg.input.text_column
+    total = 0
+    for s in p.shards:
+        try:
+            with io.open_read(s.path) as f:
+                md = pq.ParquetFile(f).metadata
+            names = [md.schema.column(i).path for i in range(md.num_columns)]
+            j = names.index(col)
+            total += sum(md.row_group(r).column(j).total_uncompressed_size for r in range(md.num_row_groups))
+        except Exception:  # noqa: BLE001 - an estimate only
+            total += int(s.size)
+    return total
+
+
+def local_work(p: E.Plan) -> dict:
+    """The local stages' estimated CPU seconds on one core: text bytes × (the engine's cost +
+    every stage's ``cpu_ns_per_byte``). Global steps are left out (they do not spread over
+    the local workers)."""
+    from thresher.pipelines.registry import build_stages
+    nb = text_bytes(p)
+    per_byte = ENGINE_NS_PER_BYTE + sum(float(getattr(st, "cpu_ns_per_byte", 50.0))
+                                        for st in build_stages(p.cfg.stages))
+    return {"text_bytes": nb, "ns_per_byte": per_byte, "seconds": nb * per_byte * 1e-9}
+
+
+def local_workers(p: E.Plan, work: Optional[dict] = None) -> int:
+    """Worker processes for a local run: one while the estimated work is below
+    :data:`MULTIPROCESS_MIN_WORK_S`, else one per core (at most 8 and at most one per shard)."""
+    if (work or local_work(p))["seconds"] < MULTIPROCESS_MIN_WORK_S:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8, len(p.shards)))
+
+
+def shuffle_bytes(result) -> Optional[dict]:
+    """Bytes each global stage spilled for its shuffle (Arrow bytes of the routed tables, by
+    counter: ``<stage id>`` for the step's own shuffles, ``decisions/<stage id>`` for its
+    decision tables), from the run's Beam metrics; None where the runner reports none."""
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+        got = result.metrics().query(MetricsFilter().with_namespace("thresher.shuffle"))["counters"]
+    except Exception:  # noqa: BLE001 - a runner without metrics
+        return None
+    out: dict[str, int] = {}
+    for c in got:
+        v = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(v or 0)
+    return dict(sorted(out.items()))
+
+
+def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None, workers: Optional[int] = None):
+    """Beam options of a run. ``workers``: the local runner's worker processes when the config
+    does not set ``direct_num_workers`` (see :func:`local_workers`; default 1)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     opts: dict[str, Any] = dict(cfg.pipeline_options)
@@ -141,8 +199,7 @@ def pipeline_options(cfg: Config, extra_args: Optional[list[str]] = None, total_
     if runner in LOCAL_RUNNERS:
         # Beam's DirectRunner tries to download Prism first; pin the Python runner.
         runner = "FnApiRunner"
-        small = total_rows is not None and total_rows < MULTIPROCESS_MIN_ROWS
-        opts.setdefault("direct_num_workers", 1 if small else max(1, min(os.cpu_count() or 1, 8)))
+        opts.setdefault("direct_num_workers", workers or 1)
         opts.setdefault("direct_running_mode",
                         "multi_processing" if opts["direct_num_workers"] > 1 else "in_memory")
         opts.setdefault("default_sdk_harness_log_level", "WARNING")
@@ -530,21 +587,33 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     cfg = p.cfg
     _check_output_dir(p, cfg)
     done = all(E.is_done(E.manifest_path(p.out, s), E.shard_fingerprint(p, s)) for s in p.shards)
+    shuffle = None
     if done:
         log(f"all {len(p.shards)} shards already complete in {p.out}; nothing to do")
     else:
-        opts = pipeline_options(cfg, beam_args, total_rows=sum(s.num_rows for s in p.shards))
+        workers = None
+        if cfg.runner in LOCAL_RUNNERS and "direct_num_workers" not in cfg.pipeline_options:
+            work = local_work(p)
+            workers = local_workers(p, work)
+            log(f"local runner: {workers} worker process{'es' if workers > 1 else ''} "
+                f"(estimated local work {work['seconds']:.0f} CPU-s; "
+                f"pipeline_options.direct_num_workers overrides)")
+        opts = pipeline_options(cfg, beam_args, workers=workers)
         with Progress(p, enabled=progress):
-            with beam.Pipeline(options=opts) as bp:
-                _ = bp | "Thresher" >> CurateShards(p, finalize=False)
-    stats = finish(p, time.time() - t0, resumed_complete=done)
+            bp = beam.Pipeline(options=opts)
+            _ = bp | "Thresher" >> CurateShards(p, finalize=False)
+            result = bp.run()
+            result.wait_until_finish()
+        shuffle = shuffle_bytes(result)
+    stats = finish(p, time.time() - t0, resumed_complete=done, shuffle=shuffle)
     line = work_summary(stats) if progress and not done else None
     if line:
         log(line)
     return stats
 
 
-def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> dict:
+def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False,
+           shuffle: Optional[dict] = None) -> dict:
     """The bookkeeping after the pipeline: ``stats.json`` from the manifests, reconciliation
     against the files on disk, then, once every shard's manifest is in and the counts
     reconcile, removal of everything under ``_work/`` unless ``output.keep_work`` (a later
@@ -555,6 +624,8 @@ def finish(p: E.Plan, wall_seconds: float, resumed_complete: bool = False) -> di
     Raises :class:`ReconciliationError` when kept + rejected != input rows."""
     cfg = p.cfg
     stats = aggregate(p, wall_seconds)
+    if shuffle is not None:
+        stats["shuffle_bytes"] = shuffle
     prev = io.read_json(io.join(p.out, S.STATS_FILE))
     if resumed_complete and prev and prev.get("config_fingerprint") == p.fingerprint:
         stats["wall_seconds"] = prev.get("wall_seconds", stats["wall_seconds"])

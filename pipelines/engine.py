@@ -756,13 +756,25 @@ def exclude_rejected(keys: pa.Table, prior: list[pa.Table]) -> pa.Table:
     return keys.filter(pa.array(keep)) if not keep.all() else keys
 
 
-def compute_global(plan: Plan, k: int, key_paths: list[str], prior: list[pa.Table]) -> tuple[int, pa.Table]:
+def exclude_prior(keys: pa.Table, prior: list) -> pa.Table:
+    """Drop key rows that an earlier global stage rejected. ``prior``: one side-input list
+    of ``(shard, (k, ref))`` per earlier global stage (see :mod:`spill`); only the pieces of
+    the shards these keys come from are read."""
+    from thresher.pipelines import spill
+    if not prior or keys.num_rows == 0:
+        return keys
+    shards = {int(s) for s in np.unique(keys[C.SHARD].to_numpy())}
+    return exclude_rejected(keys, spill.prior_tables(prior, shards))
+
+
+def compute_global(plan: Plan, k: int, key_paths: list[str], prior: list) -> tuple[int, pa.Table]:
     """Default global step: gather all keys of stage k on one worker and decide. No model
-    is loaded: ``compute`` works on keys only."""
+    is loaded: ``compute`` works on keys only. ``prior``: earlier global stages' decision
+    refs (side-input lists, see :func:`exclude_prior`)."""
     cfg = plan.cfg
     stage = build_stages([cfg.stages[k]])[0]
     t0 = time.perf_counter()
-    keys = exclude_rejected(read_keys(key_paths), prior)
+    keys = exclude_prior(read_keys(key_paths), prior)
     dec = stage.compute(keys)
     if not isinstance(dec, Decisions):
         raise StageContractError(f"stage {stage.id!r}: compute() must return Decisions(table, stats), "

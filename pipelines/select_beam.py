@@ -27,8 +27,7 @@ decision tables cross the shuffle; every key file is read by one worker at a tim
    ``global_step: distributed``, ``max_rows_per_task`` and ``boundary_rows``, the rows gathered
    in step 3) are summed from these per-file
    passes and written to ``_global/<id>.json`` before any decision table is released. One
-   ``(k, table)`` per shard with rejections; merged into one ``(k, table)`` when a later
-   global stage takes the decisions as a side input.
+   ``(k, table)`` per key file with rejections (the engine spills them to files by shard).
 
 Mode ``threshold`` needs no global state: each key file is decided alone (pass 4 only).
 Memory per worker: one key file (a shard's keys), a dense 65,536-bucket histogram, and the
@@ -44,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from thresher.pipelines import engine as E
+from thresher.pipelines import spill
 from thresher.schemas import columns as C
 
 #: gather the boundary bucket on one worker once it holds at most this many rows
@@ -87,7 +87,7 @@ class _StageFn(beam.DoFn):
         self.stage = build_stages([self.plan.cfg.stages[self.k]])[0]
 
     def _keys(self, path: str, prior) -> pa.Table:
-        return E.exclude_rejected(E.read_keys([path]), [d for _, d in prior])
+        return E.exclude_prior(E.read_keys([path]), list(prior))
 
     def _ranked(self, path: str, prior):
         keys = self._keys(path, prior)
@@ -297,11 +297,11 @@ class DecideFn(_StageFn):
         rej = np.flatnonzero(~keep)
         if rej.size:
             take = pa.array(rej)
-            yield beam.pvalue.TaggedOutput(DEC_TAG, (self.k, pa.table({
-                C.SHARD: keys[C.SHARD].take(take).combine_chunks(),
-                C.ROW: keys[C.ROW].take(take).combine_chunks(),
-                C.REASON: pa.array([st.reason(st.reject_rule)] * rej.size, pa.string()),
-            })))
+            for item in spill.spill_decisions(self.plan.out, st.id, self.k, pa.table({
+                    C.SHARD: keys[C.SHARD].take(take).combine_chunks(),
+                    C.ROW: keys[C.ROW].take(take).combine_chunks(),
+                    C.REASON: pa.array([st.reason(st.reject_rule)] * rej.size, pa.string())})):
+                yield beam.pvalue.TaggedOutput(DEC_TAG, item)
         yield beam.pvalue.TaggedOutput(STATS_TAG, {
             "docs": n, "chars": int(chars.sum()), "selected_docs": int(keep.sum()),
             "selected_chars": int(chars[keep].sum()), "last": last, "rows": n,
@@ -351,16 +351,6 @@ def _write_stats(plan: E.Plan, k: int):
     return fn
 
 
-def _merge(k: int):
-    def fn(tables):
-        tables = [t for _, t in tables if t.num_rows]
-        if not tables:
-            return k, pa.table({C.SHARD: pa.array([], pa.int32()), C.ROW: pa.array([], pa.int64()),
-                                C.REASON: pa.array([], pa.string())})
-        return k, pa.concat_tables(tables).combine_chunks()
-    return fn
-
-
 def use_distributed(plan: E.Plan, stage) -> bool:
     """``global_step`` resolved for this run: ``auto`` is distributed above
     :data:`AUTO_MIN_ROWS` input rows or :data:`AUTO_MIN_SHARDS` shards."""
@@ -371,25 +361,20 @@ def use_distributed(plan: E.Plan, stage) -> bool:
             or len(plan.shards) > AUTO_MIN_SHARDS)
 
 
-def _gather_fn(plan: E.Plan, k: int):
-    def fn(paths, *prior):
-        return E.compute_global(plan, k, list(paths), [d for _, d in prior])
-    return fn
-
-
 def distributed_select(plan: E.Plan, k: int, key_paths, prior: list) -> Any:
-    """The global step of a ScoreThenSelect stage: key-file paths → (k, decision table)s."""
+    """The global step of a ScoreThenSelect stage: key-file paths → ``(shard, (k, ref))``
+    decision refs (the gather path below the ``auto`` size)."""
     from thresher.pipelines.registry import build_stages
     stages = build_stages(plan.cfg.stages)
     stage = stages[k]
     sid = stage.id
 
     def side():
-        return [beam.pvalue.AsSingleton(d) for d in prior]
+        return [beam.pvalue.AsList(d) for d in prior]
 
     if not use_distributed(plan, stage):
-        return (key_paths | f"Gather[{sid}]" >> beam.combiners.ToList()
-                | f"Decide[{sid}]" >> beam.Map(_gather_fn(plan, k), *side()))
+        from thresher.pipelines.transforms import gather_step
+        return gather_step(plan, k, key_paths, prior, sid)
     cap = int(GATHER_MAX_ROWS)
     key_paths = key_paths | f"{sid}/Paths" >> beam.Reshuffle()
     if stage.mode == "threshold":
@@ -416,9 +401,4 @@ def distributed_select(plan: E.Plan, k: int, key_paths, prior: list) -> Any:
         written = total | f"{sid}/WriteStats" >> beam.Map(_write_stats(plan, k), None)
     else:
         written = total | f"{sid}/WriteStats" >> beam.Map(_write_stats(plan, k), beam.pvalue.AsSingleton(cut))
-    dec = res[DEC_TAG] | f"{sid}/AfterStats" >> beam.Map(lambda kd, ok: kd, beam.pvalue.AsSingleton(written))
-    if any(s.kind == "global" for s in stages[k + 1:]):
-        # a later global stage reads these decisions as one side input
-        dec = (dec | f"{sid}/AllDecisions" >> beam.combiners.ToList()
-               | f"{sid}/Merge" >> beam.Map(_merge(k)))
-    return dec
+    return res[DEC_TAG] | f"{sid}/AfterStats" >> beam.Map(lambda kd, ok: kd, beam.pvalue.AsSingleton(written))

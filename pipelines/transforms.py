@@ -5,8 +5,8 @@
 - :class:`ApplyStages` — local stages over a PCollection of ``pa.Table`` batches,
   for users who bring their own Beam reading and writing.
 
-Only shard descriptors, key-file paths and small decision tables cross a
-shuffle; document text stays inside the worker that reads its shard.
+Only shard descriptors, key-file paths and references to spilled tables cross a shuffle;
+document text stays inside the worker that reads its shard.
 """
 from __future__ import annotations
 
@@ -82,30 +82,37 @@ class Phase2(_ShardDoFn):
         self.proc.build()
 
     def process(self, element):
+        from thresher.pipelines import spill
         _, grouped = element
         shards = list(grouped["shard"])
-        decisions = list(grouped["dec"])
+        decisions = spill.load_decisions(grouped["dec"]) if shards else []
         for shard in shards:
             yield self.proc.phase2(shard, decisions)
 
 
-def _split_by_shard(kd):
-    k, dec = kd
-    if dec.num_rows == 0:
-        return
-    import numpy as np
-    import pyarrow.compute as pc
-    order = pc.sort_indices(dec[C.SHARD])
-    dec = dec.take(order)
-    sh = dec[C.SHARD].to_numpy()
-    cuts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1], True])
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        yield int(sh[a]), (k, dec.slice(a, b - a))
-
-
 def _gather_compute(plan: E.Plan, k: int):
     def fn(paths, *prior):
-        return E.compute_global(plan, k, list(paths), [d for _, d in prior])
+        return E.compute_global(plan, k, list(paths), list(prior))
+    return fn
+
+
+def gather_step(plan: E.Plan, k: int, key_paths, prior: list, stage_id: str):
+    """The one-worker global step: every key file of stage ``k`` gathered, ``compute`` on one
+    worker, the decisions spilled by shard → ``(shard, (k, ref))``. ``prior``: the refs of
+    earlier global stages (side-input lists)."""
+    side = [beam.pvalue.AsList(d) for d in prior]
+    return (key_paths | f"Gather[{stage_id}]" >> beam.combiners.ToList()
+            | f"Decide[{stage_id}]" >> beam.Map(_gather_compute(plan, k), *side)
+            | f"Spill[{stage_id}]" >> beam.FlatMap(_spill_decisions(plan, k, stage_id)))
+
+
+def _spill_decisions(plan: E.Plan, k: int, stage_id: str):
+    """A global step's ``(k, table)`` pieces → per-shard refs ``(shard, (k, ref))``: the tables
+    go to ``_work/_shuffle/``, only refs cross the runner (see :mod:`spill`)."""
+    def fn(kd):
+        from thresher.pipelines import spill
+        kk, table = kd
+        yield from spill.spill_decisions(plan.out, stage_id, kk, table)
     return fn
 
 
@@ -134,7 +141,8 @@ class CurateShards(beam.PTransform):
     Without global stages and model steps: one ParDo per shard. A model stage configured
     with an ``accelerator`` hint gets a ParDo of its own with that resource hint; each step
     reads its shard's rows from the previous step's work file (text never crosses a
-    shuffle). Global stages cross the shuffle as key-file paths and decision tables."""
+    shuffle). Global stages cross the shuffle as key-file paths and references to tables
+    written under ``_work/_shuffle/`` (:mod:`spill`): no table crosses the runner."""
 
     def __init__(self, plan: E.Plan, finalize: bool = True):
         super().__init__()
@@ -189,15 +197,13 @@ class CurateShards(beam.PTransform):
             paths = keys | f"KeysOf[{stage.id}]" >> beam.Filter(lambda kv, k=k: kv[0] == k) \
                 | f"Path[{stage.id}]" >> beam.Map(lambda kv: kv[1])
             step = stage.distributed_step()
+            # every global step gives (shard, (k, ref)) decision refs; earlier stages'
+            # refs reach later ones as side-input lists
             if step is not None:
-                dec = _resolve(step)(plan, k, paths, decisions)
+                decisions.append(_resolve(step)(plan, k, paths, decisions))
             else:
-                gathered = paths | f"Gather[{stage.id}]" >> beam.combiners.ToList()
-                side = [beam.pvalue.AsSingleton(d) for d in decisions]
-                dec = gathered | f"Decide[{stage.id}]" >> beam.Map(_gather_compute(plan, k), *side)
-            decisions.append(dec)
-        all_dec = (tuple(decisions) | "AllDecisions" >> beam.Flatten()
-                   | "ByShard" >> beam.FlatMap(_split_by_shard))
+                decisions.append(gather_step(plan, k, paths, decisions, stage.id))
+        all_dec = tuple(decisions) | "AllDecisions" >> beam.Flatten()
         by_shard = last | "ShardKey" >> beam.Map(lambda s: (s.index, s))
         return ({"shard": by_shard, "dec": all_dec}
                 | "JoinDecisions" >> beam.CoGroupByKey()

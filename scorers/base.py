@@ -155,7 +155,8 @@ class Stage:
     reference, Markdown), ``params``, ``columns`` (output columns with docs), ``reasons``
     (rule names, or a mapping rule -> doc; the written reason is ``<id>.<rule>``),
     ``rewrites_text``, ``default_order`` (its place in the default pipeline; None = not
-    in it) and ``resources``. Register the class with :func:`thresher.scorers.registry.register`.
+    in it), ``resources`` and ``cpu_ns_per_byte`` (a cost estimate, for the local runner).
+    Register the class with :func:`thresher.scorers.registry.register`.
     """
 
     name: ClassVar[str] = ""
@@ -169,6 +170,10 @@ class Stage:
     rewrites_text: ClassVar[bool] = False
     default_order: ClassVar[Optional[int]] = None
     resources: ClassVar[Resources] = Resources()
+    #: estimated CPU nanoseconds per byte of text of the stage's per-shard work on one core
+    #: (measured by the benchmarks on the 2-core build machine); the local runner adds these
+    #: up to decide whether worker processes pay for their start-up
+    cpu_ns_per_byte: ClassVar[float] = 50.0
 
     def __init__(self, **kwargs: Any):
         self.config = self.validate(kwargs)

@@ -1,6 +1,8 @@
 """``exact_dedup``: exact duplicates of normalised text, one deterministic survivor per group."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +19,10 @@ from thresher.scorers.registry import register
 from thresher.scorers.text.hashing import normalize_text, stable_id_hash, xxh128_hex
 
 EXACT_HASH = "exact_hash"
+
+
+def _positive_or_none(v):
+    return None if v is None or v >= 1 else f"must be >= 1, got {v}"
 
 
 @register
@@ -36,9 +42,16 @@ class ExactDedup(GlobalStage):
         "casefold": Param(bool, True, "case-insensitive comparison"),
         "collapse_whitespace": Param(bool, True, "runs of whitespace count as one space; strip ends"),
         "survivor": Param(str, "min_id_hash", "which member survives", one_of("min_id_hash", "longest")),
+        "global_step": Param(str, "auto", "auto (distributed above 250k input rows or 256 shards) | gather (one "
+                             "worker) | distributed (Beam: keys partitioned by text hash; identical decisions)",
+                             one_of("auto", "gather", "distributed")),
+        "partitions": Param(int, None, "distributed: shuffle partitions (null: one per 100k input rows, at "
+                            "least 16)", _positive_or_none, nullable=True),
     }
+    hash_column = EXACT_HASH
     reasons = {"duplicate": "same normalised text as the survivor named in `duplicate_of`"}
     default_order = 20
+    cpu_ns_per_byte = 15  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     columns = (Column(EXACT_HASH, pa.string(), "xxh3-128 (hex) of the normalised text"),)
 
     def keys(self, text: pa.Array, batch: pa.Table, ids: pa.Array) -> pa.Table:
@@ -49,6 +62,10 @@ class ExactDedup(GlobalStage):
             "_id": ids,
             "_chars": pc.utf8_length(text).cast(pa.int64()),
         })
+
+    def distributed_step(self) -> Optional[str]:
+        # auto is resolved by the builder, which knows the corpus size (below it: the gather step)
+        return None if self.config["global_step"] == "gather" else "thresher.pipelines.dedup_beam:build_exact"
 
     def compute(self, keys: pa.Table) -> Decisions:
         n = keys.num_rows

@@ -102,6 +102,7 @@ class MinHashDedup(GlobalStage):
            "per cluster.")
     reasons = {D.RULE_NEAR_DUPLICATE: "in a cluster of near-duplicates whose survivor is `duplicate_of`"}
     default_order = 80
+    cpu_ns_per_byte = 55  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     columns = (
         Column(D.CLUSTER_ID, pa.string(), "id of the cluster's surviving document (rows in clusters of 2 or more)"),
         Column(D.CLUSTER_SIZE, pa.int32(), "documents in the cluster"),
@@ -125,10 +126,12 @@ class MinHashDedup(GlobalStage):
                         one_of("signature", "jaccard", "none")),
         "survivor": Param(str, "longest", "longest | shortest | highest:<col> | lowest:<col>",
                           _check_survivor),
-        "components": Param(str, "unionfind", "unionfind (one worker) | star (one worker, large/small-star "
+        "components": Param(str, "auto", "auto (distributed above 250k input rows or 256 shards, else "
+                            "unionfind) | unionfind (one worker) | star (one worker, large/small-star "
                             "rounds) | distributed (Beam: partitioned candidates, verification and "
-                            "star rounds)", one_of("unionfind", "star", "distributed")),
-        "partitions": Param(int, 16, "components=distributed: shuffle partitions", between(1, 1 << 20)),
+                            "star rounds; identical decisions)", one_of("auto", "unionfind", "star", "distributed")),
+        "partitions": Param(int, None, "distributed: shuffle partitions (null: one per 100k input rows, "
+                            "at least 16)", _positive_or_none, nullable=True),
         "distributed_rounds": Param(int, 12, "components=distributed: large/small-star rounds unrolled "
                                     "in the Beam graph (a final round checks convergence)", between(1, 200)),
         "all_pairs_max": Param(int, 64, "buckets up to this size verify all pairs; larger "
@@ -261,7 +264,9 @@ class MinHashDedup(GlobalStage):
                 raise ParamError("survivor", f"column {col!r} has type {t}; survivor scores must be numeric")
 
     def distributed_step(self) -> Optional[str]:
-        return "thresher.pipelines.dedup_beam:build" if self.config["components"] == "distributed" else None
+        # auto is resolved by the builder, which knows the corpus size (below it: the gather step)
+        return ("thresher.pipelines.dedup_beam:build" if self.config["components"] in ("auto", "distributed")
+                else None)
 
     def compute(self, keys: pa.Table, timings: Optional[dict] = None) -> Decisions:
         """Decisions for the whole corpus from the concatenated key tables (plus the
@@ -292,7 +297,7 @@ class MinHashDedup(GlobalStage):
                               valid=n_sh > 0, priority=rank, all_pairs_max=c["all_pairs_max"],
                               star_rounds=c["star_rounds"], jaccard_cap=c["jaccard_max_shingles"])
         clock.lap("candidates+verify")
-        labels = star_components(n, u, v) if c["components"] == "star" else union_find(n, u, v)
+        labels = star_components(n, u, v) if c["components"] == "star" else union_find(n, u, v)  # auto: gather
         clock.lap("components")
         out = decisions(labels, rank, ids, keys[C.SHARD], keys[C.ROW], self.reason(D.RULE_NEAR_DUPLICATE))
         clock.lap("survivors")

@@ -78,6 +78,7 @@ class C4(_RuleStage):
     RULES = ("lorem_ipsum", "curly_bracket", "too_few_sentences", "paragraphs")
     reasons = RULES
     default_order = 50
+    cpu_ns_per_byte = 110  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     columns = (
         Column("c4_lorem_ipsum", pa.bool_(), "a checked line contains 'lorem ipsum'"),
         Column("c4_curly_bracket", pa.bool_(), "a checked line contains '{'"),

@@ -68,6 +68,7 @@ class GopherQuality(_RuleStage):
              "ellipsis_lines", "alpha_words", "stop_words")
     reasons = RULES
     default_order = 40
+    cpu_ns_per_byte = 120  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     columns = (
         Column("gopher_quality_word_count", pa.int64(), "words that are not only punctuation/symbols"),
         Column("gopher_quality_mean_word_length", pa.float64(), "mean characters of those words"),

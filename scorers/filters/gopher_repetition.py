@@ -252,6 +252,7 @@ class GopherRepetition(_RuleStage):
         f"top_{k}_gram" for k in _TOP_N) + tuple(f"dup_{k}_gram" for k in _DUP_N)
     reasons = RULES
     default_order = 30
+    cpu_ns_per_byte = 137  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     columns = tuple(Column(f"gopher_repetition_{r}", pa.float64(), _REP_DOC[r]) for r in RULES) + (
         Column("gopher_repetition_skipped", pa.string(), SKIPPED_DOC),)
     params = {

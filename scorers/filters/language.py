@@ -81,6 +81,7 @@ class LanguageStage(LocalStage):
     reasons = {"not_allowed": "the top label is not in `languages`",
                "low_score": "the top label's probability is below `threshold`"}
     default_order = 10
+    cpu_ns_per_byte = 37  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     _loaded = ("_model",)   # loaded per worker in setup(), not pickled
     columns = (
         Column(LANGUAGE, pa.string(), "top label without the __label__ prefix (e.g. en, eng_Latn)"),

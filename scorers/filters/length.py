@@ -25,6 +25,7 @@ class Length(LocalStage):
 
     name = "length"
     doc = "Character/word/line counts; optional min/max character bounds."
+    cpu_ns_per_byte = 3
     params = {
         "min_chars": Param(int, 0, "reject documents with fewer characters", between(0)),
         "max_chars": Param(int, None, "reject documents with more characters", between(1), nullable=True),

@@ -616,6 +616,7 @@ class ToxicityStage(LocalStage):
                "classifier": "the classifier's P(toxic) >= `threshold`",
                "profanity": "toxicity_profanity >= `profanity_threshold`"}
     default_order = 70
+    cpu_ns_per_byte = 40  # benchmarks/results (filters.txt, langid.txt, dedup_100k.json)
     _loaded = ("_words", "_clf", "_profanity")
     columns = (
         Column(TOXICITY_HARD_HITS, pa.int32(), "occurrences of hard-list entries"),

@@ -60,6 +60,7 @@ class PreSelect(ScoreThenSelect):
     """
 
     name = "preselect"
+    cpu_ns_per_byte = 40  # native fastText inference, as language
     doc = ("PreSelect fastText score (P(__label__1)); keep a global top fraction by characters "
            "(default 10%), by documents, or above a threshold.")
     params = {

@@ -71,8 +71,9 @@ def digest(out: str) -> dict:
 
 
 def work_files(out: str) -> list[str]:
+    """Every file under _work/ (relative; the spilled shuffle tables are in _work/_shuffle/)."""
     d = os.path.join(out, "_work")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)
 
 
 def manifests(out: str) -> dict[str, dict]:
@@ -125,6 +126,9 @@ def test_default_pipeline_removes_work_records_its_bytes_and_keep_work_keeps_the
     assert b["work_bytes_kept"] == b["work_bytes_peak"] == on_disk
     written = sum(m["work_bytes"] for m in manifests(kept).values())
     assert 0 < written <= on_disk
+    # the global steps' decision tables went to files, by shard (refs crossed the runner)
+    assert any(f.startswith("_shuffle/decisions_minhash_dedup/") for f in left)
+    assert set(b["shuffle_bytes"]) >= {"decisions/exact_dedup", "decisions/minhash_dedup"}
     # MinHash signatures are most of it; the same run wrote the same bytes either way
     keys = E.read_keys(glob.glob(os.path.join(kept, "_work", f"*.keys{gidx[-1]}.parquet")))
     assert keys.num_rows > 0
