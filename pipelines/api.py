@@ -583,8 +583,15 @@ def run(config: Union[str, dict, Config, None] = None, *, beam_args: Optional[li
     from thresher.pipelines.transforms import CurateShards
 
     t0 = time.time()
+    # this process reads shard footers and the output directory before Beam is started: its
+    # filesystems need the run's options (s3:// endpoint and credentials, ...) first
+    io.set_options(beam_args, load(config, **overrides).pipeline_options)
     p = plan(config, **overrides)
     cfg = p.cfg
+    from thresher.pipelines import cloud
+    beam_args = cloud.worker_package_args(cfg, beam_args, log)     # thresher onto stock-image workers
+    if cloud.is_dry_run(cfg, beam_args):
+        return cloud.dry_run(p, beam_args)      # the job built, nothing run, the output untouched
     _check_output_dir(p, cfg)
     done = all(E.is_done(E.manifest_path(p.out, s), E.shard_fingerprint(p, s)) for s in p.shards)
     shuffle = None

@@ -86,6 +86,8 @@ def cmd_run(args, beam_args: list[str]) -> int:
     overrides = {}
     if args.config is None:
         raw: dict = {"stages": default_stages()}
+        if args.input is None and "://" in (args.output or ""):
+            return _err("--input is needed with a remote --output (the sample corpus is written locally)")
         if args.input is None:
             sample_dir = os.path.join(args.output or "thresher-out", "_sample")
             if not os.path.isdir(sample_dir) or not any(f.endswith(".parquet") for f in os.listdir(sample_dir)):
@@ -132,6 +134,10 @@ def cmd_run(args, beam_args: list[str]) -> int:
             return _err(msg)
         return _work_error(e, out_dir)
     _ = interrupted
+    if stats.get("dry_run"):
+        from thresher.pipelines.cloud import describe
+        print("\n".join(f"thresher: {line}" if not line.startswith("  ") else line for line in describe(stats)))
+        return 0
     if not args.quiet:
         print_summary(stats, d["output"]["path"])
         if stats.get("stray_files"):
@@ -186,9 +192,9 @@ def _work_error(exc: BaseException, out_dir: str) -> int:
         from thresher.schemas import stats as S
         log = io.join(out_dir, S.LOG_DIR, time.strftime("error-%Y%m%d-%H%M%S.log", time.gmtime()))
         io.makedirs(io.join(out_dir, S.LOG_DIR))
-        with open(log, "w", encoding="utf-8") as f:
-            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            f.write("\n" + text + "\n")
+        body = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) + "\n" + text + "\n"
+        with io.open_write(log) as f:          # the output's filesystem (local, s3://, gs://)
+            f.write(body.encode("utf-8", "replace"))
     except Exception:  # noqa: BLE001 - the message matters more than the log
         log = None
     return _err(line + (f" (full trace: {log})" if log else ""), 1)
