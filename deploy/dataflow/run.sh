@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run a thresher config on Google Cloud Dataflow.
-#   deploy/dataflow.sh CONFIG PROJECT REGION BUCKET IMAGE [extra beam flags]
+# Run a thresher config on Google Cloud Dataflow with the worker image from deploy/Dockerfile
+# (or deploy/Dockerfile.gpu); see deploy/dataflow/README.md.
+#   deploy/dataflow/run.sh CONFIG PROJECT REGION BUCKET IMAGE [extra beam flags]
+# Add --dry_run=True to build the job and print its steps without submitting it.
 set -euo pipefail
 cfg=$1 project=$2 region=$3 bucket=$4 image=$5; shift 5
 exec thresher run "$cfg" \
