@@ -33,6 +33,11 @@ class ExactDedup(GlobalStage):
     id string), so the choice does not depend on input order, shard count or
     worker count. ``survivor: longest`` keeps the longest original text instead
     (ties again by id hash).
+
+    The global step gathers the key rows (about 60 B per document) on one worker, or, with
+    ``global_step: distributed`` (``auto``: above 250k input rows or 256 shards), partitions
+    them by text hash so that every group of equal texts is decided on one worker; both
+    give the same decisions.
     """
 
     name = "exact_dedup"
