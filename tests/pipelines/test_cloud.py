@@ -371,6 +371,21 @@ def test_io_on_s3(s3, docs):
         tio.describe_shards("s3://no-such-bucket-here/in/", "text", None)
 
 
+def test_work_error_log_lands_on_s3(s3, capsys):
+    """An error during work on an S3 output: one line naming the log, the log on S3."""
+    bucket = s3.bucket()
+    tio.set_options(s3.args)
+    try:
+        raise RuntimeError("StageFailure: stage length failed on shard part-0 rows 0-99: boom")
+    except RuntimeError as e:
+        assert cli._work_error(e, f"s3://{bucket}/out") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    logs = [k for k in s3.keys(bucket) if k.startswith("out/_logs/error-")]
+    assert len(err) == 1 and err[0].startswith("thresher: error: stage length failed on shard part-0")
+    assert len(logs) == 1 and f"(full trace: s3://{bucket}/{logs[0]})" in err[0]
+    assert b"RuntimeError" in s3.get(bucket, logs[0])
+
+
 # -- Dataflow, offline ----------------------------------------------------------------------------------
 
 ACCEL = "type:nvidia-l4;count:1;install-nvidia-driver"
