@@ -541,6 +541,8 @@ VARIANTS = [
     # a gather cap of 5 rows: the boundary is found by the refinement levels, on the workers
     pytest.param("preselect", {"global_step": "distributed"}, {"global_step": "distributed"},
                  {"thresher.pipelines.select_beam.GATHER_MAX_ROWS": 5}, id="preselect-global-step-distributed"),
+    pytest.param("exact_dedup", {"global_step": "distributed", "partitions": 3}, {"global_step": "distributed"}, {},
+                 id="exact-global-step-distributed"),
 ]
 
 
