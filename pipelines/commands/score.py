@@ -135,6 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = os.path.abspath(os.path.expanduser(args.model))
     if not os.path.exists(model) and args.runner not in _LOCAL_RUNNERS:  # e.g. baked into the workers' image
         logging.warning("model %s is not on this machine; the workers must have it", model)
+    from thresher.pipelines import io
+    io.set_options(beam_args)      # s3:// / gs:// listings in this process need the run's options
     inputs = resolve_inputs(args.input)
     output = args.output if "://" in args.output else os.path.abspath(os.path.expanduser(args.output))
     if any(p.rstrip("/").rsplit("/", 1)[0] == output.rstrip("/") for p in inputs):
