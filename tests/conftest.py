@@ -77,3 +77,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def neardup(n: int):
+    """The near-duplicate benchmark corpus (real Wikipedia text with planted near and exact
+    duplicates, ``benchmarks/neardup_data.py``), ``n`` documents, seed 7."""
+    import importlib.util
+    corpus("wiki_summaries.parquet")
+    spec = importlib.util.spec_from_file_location("nd", os.path.join(ROOT, "benchmarks", "neardup_data.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build(n_docs=n, seed=7)
+
+
+@pytest.fixture(scope="module")
+def style_classifier(tmp_path_factory) -> str:
+    """A tiny fastText classifier trained here: formal/technical paragraphs are __label__1."""
+    from thresher.scorers.classifiers import fasttext_util as ftu
+    d = tmp_path_factory.mktemp("ps")
+    t = pq.read_table(corpus("style_paragraphs.parquet")).to_pydict()
+    lines = [f"__label__{1 if style in ('formal', 'technical') else 0} " + text.replace("\n", " ")
+             for text, style, split in zip(t["text"], t["style"], t["split"]) if split == "train"]
+    (d / "train.txt").write_text("\n".join(lines) + "\n")
+    ftu.train_supervised(str(d / "train.txt"), str(d / "clf.bin"), epoch=3, lr=0.1, wordNgrams=2)
+    return str(d / "clf.bin")

@@ -4,7 +4,6 @@ large buckets verified as thoroughly, tables spilled instead of crossing the run
 resolved by corpus size."""
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 
@@ -12,22 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, corpus, local_run
-
-
-def _neardup(n):
-    corpus("wiki_summaries.parquet")
-    spec = importlib.util.spec_from_file_location("nd", os.path.join(ROOT, "benchmarks", "neardup_data.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build(n_docs=n, seed=7)
+from conftest import local_run, neardup
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """2,400 near-dup documents + 300 exact copies of some of them, in uneven shards
     (one empty, one with a single row); copies land in other shards than their originals."""
-    t = _neardup(2400).select(["id", "text"])
+    t = neardup(2400).select(["id", "text"])
     rng = np.random.default_rng(3)
     src = rng.choice(t.num_rows, 300, replace=False)
     copies = pa.table({"id": [f"copy-{i}" for i in range(300)], "text": t["text"].take(pa.array(src))})

@@ -2,7 +2,6 @@
 determinism under shard layout, conservation, on real text with planted near-duplicates."""
 import glob
 import hashlib
-import importlib.util
 import os
 
 import duckdb
@@ -10,20 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, corpus, local_run
-
-
-def _neardup(n):
-    corpus("wiki_summaries.parquet")
-    spec = importlib.util.spec_from_file_location("nd", os.path.join(ROOT, "benchmarks", "neardup_data.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build(n_docs=n, seed=7)
+from conftest import local_run, neardup
 
 
 @pytest.fixture(scope="module")
 def nd_shards(tmp_path_factory):
-    t = _neardup(3000).select(["id", "text"])
+    t = neardup(3000).select(["id", "text"])
     d = tmp_path_factory.mktemp("nd")
     cuts = [0, 400, 1700, 2100, t.num_rows]
     for i in range(4):

@@ -310,19 +310,6 @@ def inputs(pool, tmp_path_factory):
     return {"plain": str(d / "plain"), "shuffled": str(d / "shuffled" / "*.parquet")}
 
 
-@pytest.fixture(scope="module")
-def style_classifier(tmp_path_factory) -> str:
-    """A tiny fastText classifier trained here: formal/technical paragraphs are __label__1."""
-    from thresher.scorers.classifiers import fasttext_util as ftu
-    d = tmp_path_factory.mktemp("ps")
-    t = pq.read_table(corpus("style_paragraphs.parquet")).to_pydict()
-    lines = [f"__label__{1 if style in ('formal', 'technical') else 0} " + text.replace("\n", " ")
-             for text, style, split in zip(t["text"], t["style"], t["split"]) if split == "train"]
-    (d / "train.txt").write_text("\n".join(lines) + "\n")
-    ftu.train_supervised(str(d / "train.txt"), str(d / "clf.bin"), epoch=3, lr=0.1, wordNgrams=2)
-    return str(d / "clf.bin")
-
-
 def default_stages(_clf: str) -> list[dict]:
     """What `thresher run` runs without a config (every stage with a default_order)."""
     from thresher.pipelines.cli import default_stages as cli_default

@@ -215,19 +215,6 @@ def test_digits_and_buckets_cover_the_128_bit_key():
     assert prefix == (int(order[0]) << 64) | int(ih[0])
 
 
-@pytest.fixture(scope="module")
-def style_classifier(tmp_path_factory):
-    """A tiny fastText classifier trained here: formal/technical paragraphs are __label__1."""
-    from thresher.scorers.classifiers import fasttext_util as ftu
-    d = tmp_path_factory.mktemp("ps")
-    t = pq.read_table(corpus("style_paragraphs.parquet")).to_pydict()
-    lines = [f"__label__{1 if style in ('formal', 'technical') else 0} " + text.replace("\n", " ")
-             for text, style, split in zip(t["text"], t["style"], t["split"]) if split == "train"]
-    (d / "train.txt").write_text("\n".join(lines) + "\n")
-    ftu.train_supervised(str(d / "train.txt"), str(d / "clf.bin"), epoch=3, lr=0.1, wordNgrams=2)
-    return str(d / "clf.bin")
-
-
 @pytest.mark.parametrize("params,workers", [
     ({"top_fraction_chars": 0.23}, 2),
     ({"top_fraction_docs": 0.41}, 2),
