@@ -219,6 +219,16 @@ def config_number(key: str, v, typ, lo=None, hi=None, lo_open: bool = False, nul
     return v
 
 
+def check_top_keys(raw: Any, known, what: str) -> None:
+    """A command config's top level: a mapping whose keys are all in ``known`` (did-you-mean
+    on the first unknown one), else a :class:`ConfigError`; ``what`` names the config."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"the {what} config must be a mapping")
+    for k in raw:
+        if k not in known:
+            raise ConfigError(str(k), f"unknown key{did_you_mean(k, known)}; known: {', '.join(sorted(known))}")
+
+
 def config_mapping(raw: Any, key: str, spec: dict) -> dict:
     """``raw`` (a mapping or None) checked against ``spec`` (key -> ``(str,)`` or
     ``(int | float, lower bound, bound excluded, nullable)``): unknown keys with a did-you-mean,

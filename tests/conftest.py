@@ -101,3 +101,14 @@ def style_classifier(tmp_path_factory) -> str:
     (d / "train.txt").write_text("\n".join(lines) + "\n")
     ftu.train_supervised(str(d / "train.txt"), str(d / "clf.bin"), epoch=3, lr=0.1, wordNgrams=2)
     return str(d / "clf.bin")
+
+
+def output_files(out: str) -> dict[str, bytes]:
+    """Every kept/ and rejected/ Parquet file of a run's output, by relative name, as bytes."""
+    import glob
+    got = {}
+    for sub in ("kept", "rejected"):
+        for p in sorted(glob.glob(os.path.join(out, sub, "*.parquet"))):
+            with open(p, "rb") as f:
+                got[f"{sub}/{os.path.basename(p)}"] = f.read()
+    return got

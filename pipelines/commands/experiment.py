@@ -75,7 +75,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.schemas.config import ConfigError, config_number, did_you_mean, load_command_config
+from thresher.schemas.config import ConfigError, check_top_keys, config_number, did_you_mean, load_command_config
 
 _KEYS = {"output", "pool", "token_budget", "seeds", "model", "eval_points", "eval_tokens", "eval", "prepare",
          "arms"}
@@ -199,11 +199,7 @@ def _check_mates(key: str, spec: Any, steps: int) -> dict:
 
 def check_config(raw: Any) -> dict:
     """The normalised config, or a :class:`ConfigError` naming the key at fault."""
-    if not isinstance(raw, dict):
-        raise ConfigError("", "the experiment config must be a mapping")
-    for k in raw:
-        if k not in _KEYS:
-            raise ConfigError(str(k), f"unknown key{did_you_mean(k, _KEYS)}; known: {', '.join(sorted(_KEYS))}")
+    check_top_keys(raw, _KEYS, "experiment")
     out = raw.get("output")
     if not isinstance(out, str) or not out:
         raise ConfigError("output", "missing (the experiment's directory)")

@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 
 from thresher.pipelines import io
 from thresher.pipelines.commands.mates import UsageError, _log, fit, probe
-from thresher.schemas.config import ConfigError, config_mapping, config_number, did_you_mean
+from thresher.schemas.config import ConfigError, check_top_keys, config_mapping, config_number
 
 _KEYS = {"output", "candidates", "pools", "reference", "eval_reference", "stages", "steps_per_stage", "ratio",
          "temperature", "seed", "arm", "probe", "fit", "score", "trainer"}
@@ -96,11 +96,7 @@ _EXTERNAL = {"checkpoint": (str,), "poll_seconds": (float, 0.0, True, False),
 
 
 def check_config(raw: Any) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError("", "the loop config must be a mapping")
-    for k in raw:
-        if k not in _KEYS:
-            raise ConfigError(str(k), f"unknown key{did_you_mean(k, _KEYS)}; known: {', '.join(sorted(_KEYS))}")
+    check_top_keys(raw, _KEYS, "loop")
     if not isinstance(raw.get("output"), str) or not raw["output"]:
         raise ConfigError("output", "missing (the loop's directory)")
     stages = _num(raw, "stages", 3, int, 1)

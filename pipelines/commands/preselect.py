@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.pipelines import io
-from thresher.schemas.config import ConfigError, load_command_config
+from thresher.schemas.config import ConfigError, check_top_keys, load_command_config
 from thresher.schemas.documents import InputError
 
 _KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "min_labels_per_class",
@@ -54,11 +54,7 @@ MIN_SPLIT_PER_CLASS = 5
 
 
 def _check(raw: Any) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError("", "the preselect config must be a mapping")
-    for k in raw:
-        if k not in _KEYS:
-            raise ConfigError(str(k), f"unknown key; known: {', '.join(sorted(_KEYS))}")
+    check_top_keys(raw, _KEYS, "preselect")
     inp = raw.get("input")
     if isinstance(inp, str):
         inp = {"path": inp}

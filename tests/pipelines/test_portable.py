@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import bench, corpus, local_run
+from conftest import bench, corpus, local_run, output_files
 
 #: a run that takes longer is cancelled (a hung job must not hang the suite); runs take 3-15 s here
 JOB_TIMEOUT_S = 150
@@ -350,13 +350,7 @@ def config(inp: str, out: str, stages: list[dict]) -> dict:
 
 # -- comparisons -----------------------------------------------------------------------------
 
-def files(out: str) -> dict[str, bytes]:
-    got = {}
-    for sub in ("kept", "rejected"):
-        for p in sorted(glob.glob(os.path.join(out, sub, "*.parquet"))):
-            with open(p, "rb") as f:
-                got[f"{sub}/{os.path.basename(p)}"] = f.read()
-    return got
+files = output_files
 
 
 def table(data: bytes) -> pa.Table:

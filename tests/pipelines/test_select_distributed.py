@@ -4,7 +4,6 @@ uneven shards with an empty shard, with massive exact ties and with 2 workers; a
 ever holds every key at once."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import corpus, local_run
+from tests.conftest import corpus, local_run, output_files
 from thresher.pipelines import select_beam as SB
 from thresher.scorers.selection.mates import Mates
 from thresher.scorers.selection.select import (
@@ -123,13 +122,7 @@ def _shards(tmp_path, table, sizes=(3, 0, 251, 97, 1, 148)) -> str:
     return str(d)
 
 
-def _files(out: str) -> dict[str, bytes]:
-    got = {}
-    for sub in ("kept", "rejected"):
-        for p in sorted(glob.glob(os.path.join(out, sub, "*.parquet"))):
-            with open(p, "rb") as f:
-                got[f"{sub}/{os.path.basename(p)}"] = f.read()
-    return got
+_files = output_files
 
 
 def _global(out: str, sid: str) -> dict:
