@@ -31,7 +31,8 @@ Config (YAML)::
     seeds: [0, 1, 2]
     model: {hidden: 128, layers: 2, heads: 4, context: 256, seq_len: 128, batch_size: 16, lr: 3.0e-3,
             warmup_steps: 20, min_lr_ratio: 0.1, weight_decay: 0.1, vocab_size: 4096,
-            tokenizer_docs: 3000, device: cpu, threads: null}
+            tokenizer_docs: 3000, device: cpu, threads: null,
+            precision: fp32}          # or bf16: autocast forward/loss, fp32 weights and AdamW state
     eval_points: 4
     eval_tokens: 65536            # at most this many tokens of each eval set (its first ones)
     eval:
@@ -83,11 +84,11 @@ _KEYS = {"output", "pool", "token_budget", "seeds", "model", "eval_points", "eva
 _MODEL = {"hidden": (int, 8), "layers": (int, 1), "heads": (int, 1), "context": (int, 8), "seq_len": (int, 2),
           "batch_size": (int, 1), "lr": (float, 0.0), "warmup_steps": (int, 0), "min_lr_ratio": (float, 0.0),
           "weight_decay": (float, 0.0), "vocab_size": (int, 260), "tokenizer_docs": (int, 10),
-          "device": (str, None), "threads": (int, 1)}
+          "device": (str, None), "threads": (int, 1), "precision": (str, None)}
 _MODEL_DEFAULTS: dict[str, Any] = {"hidden": 128, "layers": 2, "heads": 4, "context": 256, "seq_len": 128,
                                    "batch_size": 16, "lr": 3e-3, "warmup_steps": 20, "min_lr_ratio": 0.1,
                                    "weight_decay": 0.1, "vocab_size": 4096, "tokenizer_docs": 3000,
-                                   "device": "cpu", "threads": None}
+                                   "device": "cpu", "threads": None, "precision": "fp32"}
 _OPERATIONAL_MODEL = {"device", "threads"}
 HELDOUT_SEED = 12345
 TOKENIZER_SEED = 4242
@@ -221,6 +222,10 @@ def check_config(raw: Any) -> dict:
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"model.{k}", f"expected a string, got {v!r}")
             model[k] = v
+            if k == "precision":
+                from thresher.scorers.training.pretrain import PRECISIONS  # imports torch: only when given
+                if v not in PRECISIONS:
+                    raise ConfigError("model.precision", f"{v!r} is not one of {', '.join(PRECISIONS)}")
         elif k == "threads" and v is None:
             model[k] = None
         else:
@@ -342,6 +347,8 @@ def fingerprint(cfg: dict) -> str:
     mtime of the pool's and eval sets' files."""
     ident = {k: v for k, v in cfg.items() if k != "output"}
     ident["model"] = {k: v for k, v in cfg["model"].items() if k not in _OPERATIONAL_MODEL}
+    if ident["model"].get("precision") == "fp32":     # the default before the key existed: same identity
+        del ident["model"]["precision"]
     ident["files"] = {"pool": _files_identity(cfg["pool"]["path"]),
                       **{n: _files_identity(e["path"]) for n, e in cfg["eval"].items() if "path" in e}}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -543,7 +550,8 @@ def train_arm_seed(cfg: dict, tok, stream: np.ndarray, seed: int, evals: dict) -
                           seed=seed)
     tr = _trainer_class()(model, tok, total_steps=steps, lr=m["lr"], warmup_steps=m["warmup_steps"],
                           min_lr_ratio=m["min_lr_ratio"], weight_decay=m["weight_decay"], seq_len=seq,
-                          batch_size=bs, seed=seed, device=m["device"])
+                          batch_size=bs, seed=seed, device=m["device"],
+                          precision=m["precision"])
     bounds = [round(k * steps / cfg["eval_points"]) for k in range(cfg["eval_points"] + 1)]
     curve = []
     for k in range(cfg["eval_points"]):
@@ -602,7 +610,8 @@ def train_mates_seed(cfg: dict, tok, name: str, arm: dict, ids: Sequence[str], t
                           seed=seed)
     tr = _trainer_class()(model, tok, total_steps=steps, lr=m["lr"], warmup_steps=m["warmup_steps"],
                           min_lr_ratio=m["min_lr_ratio"], weight_decay=m["weight_decay"], seq_len=seq,
-                          batch_size=bs, seed=seed, device=m["device"])
+                          batch_size=bs, seed=seed, device=m["device"],
+                          precision=m["precision"])
     s_bounds = [round(k * steps / n_st) for k in range(n_st + 1)]
     e_bounds = [round(k * steps / cfg["eval_points"]) for k in range(1, cfg["eval_points"] + 1)]
     curve, stages, selected_tokens = [], [], 0

@@ -15,6 +15,7 @@ A user's own trainer replaces this class through the loop's checkpoint hand-off 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,8 +33,11 @@ TRAINER_FILE = "thresher_trainer.json"
 DEFAULTS: dict[str, Any] = {
     "vocab_size": 2048, "hidden": 128, "layers": 2, "heads": 4, "context": 256,
     "seq_len": 128, "batch_size": 16, "lr": 3e-3, "warmup_steps": 20, "min_lr_ratio": 0.1,
-    "weight_decay": 0.1, "betas": (0.9, 0.95), "total_steps": 1000, "seed": 0,
+    "weight_decay": 0.1, "betas": (0.9, 0.95), "total_steps": 1000, "seed": 0, "precision": "fp32",
 }
+#: ``fp32``: plain float32; ``bf16``: float32 weights and optimizer state, forward and loss under
+#: ``torch.autocast(bfloat16)`` (the usual mixed precision for GPU pretraining; CPU autocast works too)
+PRECISIONS = ("fp32", "bf16")
 
 
 class Pretrainer:
@@ -41,7 +45,11 @@ class Pretrainer:
 
     def __init__(self, model, tokenizer, *, total_steps: int, lr: float = 3e-3, warmup_steps: int = 20,
                  min_lr_ratio: float = 0.1, weight_decay: float = 0.1, betas=(0.9, 0.95), seq_len: int = 128,
-                 batch_size: int = 16, seed: int = 0, device: str = "cpu", step: int = 0, tokens: int = 0):
+                 batch_size: int = 16, seed: int = 0, device: str = "cpu", step: int = 0, tokens: int = 0,
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.model = model.to(device)
         self.tok = tokenizer
         self.device = torch.device(device)
@@ -67,7 +75,8 @@ class Pretrainer:
                               seed=c["seed"])
         return cls(model, tok, total_steps=c["total_steps"], lr=c["lr"], warmup_steps=c["warmup_steps"],
                    min_lr_ratio=c["min_lr_ratio"], weight_decay=c["weight_decay"], betas=c["betas"],
-                   seq_len=c["seq_len"], batch_size=c["batch_size"], seed=c["seed"], device=c.get("device", "cpu"))
+                   seq_len=c["seq_len"], batch_size=c["batch_size"], seed=c["seed"], device=c.get("device", "cpu"),
+                   precision=c["precision"])
 
     @classmethod
     def load(cls, directory: str, device: str = "cpu") -> Pretrainer:
@@ -80,7 +89,7 @@ class Pretrainer:
         self = cls(model, tok, total_steps=st["total_steps"], lr=st["peak_lr"], warmup_steps=st["warmup_steps"],
                    min_lr_ratio=st["min_lr_ratio"], weight_decay=st["weight_decay"], betas=st["betas"],
                    seq_len=st["seq_len"], batch_size=st["batch_size"], seed=st["seed"], device=device,
-                   step=st["step"], tokens=st["tokens"])
+                   step=st["step"], tokens=st["tokens"], precision=st.get("precision", "fp32"))
         state = torch.load(os.path.join(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
         self.opt.load_state_dict(state)
         return self
@@ -95,6 +104,11 @@ class Pretrainer:
         return self.peak_lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
     # ------------------------------------------------------------------ training
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def blocks(self, texts: Sequence[str]) -> torch.Tensor:
         stream = token_stream(self.tok, texts)
         n = len(stream) // self.seq_len
@@ -124,7 +138,8 @@ class Pretrainer:
             x = blocks[idx].to(self.device)
             for grp in self.opt.param_groups:
                 grp["lr"] = self.lr_at(self.step)
-            loss = self.model(input_ids=x, labels=x).loss
+            with self._autocast():
+                loss = self.model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
@@ -147,7 +162,8 @@ class Pretrainer:
         for i in range(0, blocks.shape[0], batch_size):
             x = blocks[i: i + batch_size].to(self.device)
             k = x.numel() - x.shape[0]
-            tot += float(self.model(input_ids=x, labels=x).loss) * k
+            with self._autocast():
+                tot += float(self.model(input_ids=x, labels=x).loss) * k
             cnt += k
         return tot / max(cnt, 1)
 
@@ -174,7 +190,8 @@ class Pretrainer:
             json.dump({"step": self.step, "tokens": self.tokens, "total_steps": self.total_steps,
                        "peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "min_lr_ratio": self.min_lr_ratio,
                        "weight_decay": grp["weight_decay"], "betas": list(grp["betas"]), "seq_len": self.seq_len,
-                       "batch_size": self.batch_size, "seed": self.seed, "lr_now": grp["lr"]}, f, indent=2)
+                       "batch_size": self.batch_size, "seed": self.seed, "lr_now": grp["lr"],
+                       "precision": self.precision}, f, indent=2)
 
 
-__all__ = ["Pretrainer", "TRAINER_FILE", "DEFAULTS"]
+__all__ = ["Pretrainer", "TRAINER_FILE", "DEFAULTS", "PRECISIONS"]

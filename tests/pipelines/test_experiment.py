@@ -113,6 +113,15 @@ def test_pack_exact_budget_cycles_and_cuts():
     assert (pack(docs, ["a", "b", "c"], seed=0, n_tokens=40)[0] == stream).all()     # deterministic
 
 
+def test_precision_fp32_keeps_the_identity_bf16_changes_it(data, tmp_path):
+    """Configs written before ``model.precision`` existed keep their fingerprint (their outputs are
+    reused); bf16 trains differently, so it is another experiment."""
+    from thresher.pipelines.commands.experiment import fingerprint
+    base = fingerprint(check_config(_config(data, tmp_path / "o")))
+    assert fingerprint(check_config(_config(data, tmp_path / "o", model={**MODEL, "precision": "fp32"}))) == base
+    assert fingerprint(check_config(_config(data, tmp_path / "o", model={**MODEL, "precision": "bf16"}))) != base
+
+
 @pytest.mark.parametrize("change, key", [
     ({"arms": {"random": "random", "x": "rand"}}, "arms.x"),
     ({"arms": {"x": {"stagez": []}}}, "arms.x"),
@@ -121,6 +130,7 @@ def test_pack_exact_budget_cycles_and_cuts():
     ({"token_budget": 100}, "token_budget"),
     ({"eval": {"bad": {"fraction": 0.1, "path": "x"}}}, "eval.bad"),
     ({"model": {**MODEL, "hiden": 3}}, "model.hiden"),
+    ({"model": {**MODEL, "precision": "fp16"}}, "model.precision"),
     ({"seedz": [1]}, "seedz"),
 ])
 def test_config_mistakes_name_the_key(data, tmp_path, change, key, capsys):
