@@ -9,10 +9,29 @@ Config (YAML)::
       - {path: ckpt/llama-small, score: 41.2}
       - {path: ckpt/llama-base, score: 47.9}
       - {path: ckpt/llama-large, score: 52.3}
+    # or: each score measured here, as minus the model's bits per character on target text
+    # models:
+    #   - {path: ckpt/llama-small, score: {loss_on: target/dev.parquet}}
+    #   - {path: ckpt/llama-base, score: {loss_on: target/dev.parquet, text_column: text, limit: 5000}}
     scoring: {device: auto, max_tokens_per_batch: 16384, max_length: 2048}
     validation_fraction: 0.1
     min_labels_per_class: 50     # refuse to train on fewer positives (or negatives) than this
     fasttext: {}                 # overrides of the method's hyper-parameters (epoch 3, lr 0.1, wordNgrams 2)
+
+A measured score (``score: {loss_on: FILE.parquet}``, optional ``text_column``,
+default ``text``, and ``limit``, the first N rows, default all) is
+``-(total bits / total characters)`` of that model over the file's documents:
+the summed token loss of every document divided by the summed characters, i.e.
+character-weighted (a long document counts for its length), not the mean of the
+documents' own ratios. It is computed by the same ``causal_lm_loss`` task, with
+the same ``scoring:`` options, as the per-document bits per character of the
+labels. All models give a number, or all measure on the same texts (same
+``loss_on``, ``text_column`` and ``limit``): scores from two scales, or from
+different texts, give no ranking, so a mix is refused. Every score is measured
+before the corpus is sampled, each model loaded once for it; measured scores that
+are all equal are refused like given ones. ``card.json`` records, per model, the
+measured ``score`` and ``score_measured`` (the file, its column and limit, the
+documents, characters, bits and bits per character).
 
 Training refuses degenerate data before fastText is trained (a config error
 naming the counts and the options to change, nothing written): fewer than
@@ -41,11 +60,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.pipelines import io
-from thresher.schemas.config import ConfigError, check_top_keys, load_command_config
+from thresher.schemas.config import (
+    ConfigError,
+    check_top_keys,
+    config_mapping,
+    did_you_mean,
+    load_command_config,
+)
 from thresher.schemas.documents import InputError
 
 _KEYS = {"input", "output", "sample", "models", "scoring", "validation_fraction", "min_labels_per_class",
          "fasttext", "seed"}
+
+#: the keys of a measured score, ``score: {loss_on: FILE.parquet, ...}``
+_LOSS_ON_KEYS = {"loss_on": (str,), "text_column": (str,), "limit": (int, 1, False, True)}
 
 #: default ``min_labels_per_class``: fewer positives (or negatives) than this and training is refused
 MIN_LABELS_PER_CLASS = 50
@@ -66,6 +94,7 @@ def _check(raw: Any) -> dict:
     models = raw.get("models")
     if not isinstance(models, list) or len(models) < 2:
         raise ConfigError("models", "give at least two models as a list of {path, score}")
+    checked = []
     for i, m in enumerate(models):
         if not isinstance(m, dict) or set(m) - {"path", "score", "name"}:
             raise ConfigError(f"models[{i}]", "expected {path: ..., score: ...}")
@@ -74,11 +103,24 @@ def _check(raw: Any) -> dict:
         if "score" not in m:
             raise ConfigError(f"models[{i}].score", "missing: every model needs its downstream score "
                                                     "(the number of models and of scores must match)")
-        if not isinstance(m["score"], (int, float)) or isinstance(m["score"], bool):
-            raise ConfigError(f"models[{i}].score", f"expected a number, got {m['score']!r}")
+        measured = isinstance(m["score"], dict)
+        if not measured and (not isinstance(m["score"], (int, float)) or isinstance(m["score"], bool)):
+            raise ConfigError(f"models[{i}].score", f"expected a number, got {m['score']!r} "
+                                                    f"(or {{loss_on: FILE.parquet}} to measure it)")
+        if i and measured != isinstance(models[0]["score"], dict):
+            forms = ("{loss_on: ...}", "a number") if measured else ("a number", "{loss_on: ...}")
+            raise ConfigError(f"models[{i}].score", f"{forms[0]} here but {forms[1]} at models[0].score: give "
+                                                    f"every model a number or every model {{loss_on: ...}} "
+                                                    f"(scores on different scales give no ranking)")
         if not os.path.exists(m["path"]):
             raise ConfigError(f"models[{i}].path", f"model {m['path']!r} does not exist")
-    if len({m["score"] for m in models}) < 2:
+        if measured:
+            m = {**m, "score": _check_loss_on(m["score"], f"models[{i}].score")}
+            if i:
+                _same_texts(checked[0]["score"], m["score"], i)
+        checked.append(m)
+    models = checked
+    if not isinstance(models[0]["score"], dict) and len({m["score"] for m in models}) < 2:
         raise ConfigError("models", "all models have the same score: there is no ranking to agree with")
     sample = raw.get("sample", {}) or {}
     if not isinstance(sample, dict):
@@ -100,6 +142,114 @@ def _check(raw: Any) -> dict:
             "sample": {"size": size, "seed": int(sample.get("seed", 0))},
             "scoring": dict(raw.get("scoring", {}) or {}), "validation_fraction": float(vf),
             "min_labels_per_class": min_labels, "fasttext": dict(raw.get("fasttext", {}) or {})}
+
+
+def _check_loss_on(raw: dict, key: str) -> dict:
+    """``score: {loss_on: FILE.parquet, text_column: text, limit: N}`` checked (keys, the file,
+    its column) and completed with the defaults; a :class:`ConfigError` names ``key.<sub>``."""
+    spec = config_mapping(raw, key, _LOSS_ON_KEYS)
+    if "loss_on" not in spec:
+        raise ConfigError(f"{key}.loss_on", f"missing: a measured score is {{loss_on: FILE.parquet}}; "
+                                            f"known keys: {', '.join(sorted(_LOSS_ON_KEYS))}")
+    spec = {"text_column": "text", "limit": None, **spec}
+    path, col = spec["loss_on"], spec["text_column"]
+    if not os.path.isfile(path):
+        what = "is not a file" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"{key}.loss_on", f"{path!r} {what} (expected one Parquet file of target texts)")
+    try:
+        pf = pq.ParquetFile(path)
+        schema, n_rows = pf.schema_arrow, pf.metadata.num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise ConfigError(f"{key}.loss_on", f"{path!r} is not a readable Parquet file: "
+                                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if col not in schema.names:
+        raise ConfigError(f"{key}.text_column", f"column {col!r} is not in {path!r}{did_you_mean(col, schema.names)}; "
+                                                f"its columns: {', '.join(schema.names)}")
+    typ = schema.field(col).type
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        raise ConfigError(f"{key}.text_column", f"column {col!r} of {path!r} is {typ}, expected text (string)")
+    if n_rows == 0:
+        raise ConfigError(f"{key}.loss_on", f"{path!r} has no rows: no text to measure the score on")
+    return spec
+
+
+def _same_texts(first: dict, spec: dict, i: int) -> None:
+    """Every measured score is on the same texts as ``models[0]``'s (or a :class:`ConfigError`)."""
+    for k in ("loss_on", "text_column", "limit"):
+        a, b = first[k], spec[k]
+        same = (os.path.realpath(a) == os.path.realpath(b)) if k == "loss_on" else a == b
+        if not same:
+            raise ConfigError(f"models[{i}].score.{k}", f"{b!r} here but {a!r} at models[0].score.{k}: every "
+                                                        f"model's score must be measured on the same texts "
+                                                        f"(bits per character on different texts give no ranking)")
+
+
+def _read_texts(path: str, column: str, limit: Optional[int]) -> pa.Array:
+    """The ``column`` of the first ``limit`` rows (all when None) of one Parquet file."""
+    parts, n = [], 0
+    for b in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=[column]):
+        if limit is not None and n + b.num_rows > limit:
+            b = b.slice(0, limit - n)
+        parts.append(b.column(0))
+        n += b.num_rows
+        if limit is not None and n >= limit:
+            break
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def _loss_task(path: str, scoring: dict):
+    """The ``causal_lm_loss`` task of one model under the config's ``scoring:`` options: the one
+    loss code for both the labels' bits per character and a measured score."""
+    from thresher.scorers.models.tasks import build_task
+    return build_task("causal_lm_loss", path, **scoring)
+
+
+def measure_score(path: str, spec: dict, scoring: dict) -> dict:
+    """Score of the model at ``path`` on the target texts of ``spec`` (a checked ``{loss_on, text_column,
+    limit}``): ``-bits / characters`` summed over the documents, i.e. character-weighted bits per
+    character, not a mean of per-document ratios. Null texts are not documents; a document whose
+    loss is not finite is left out and counted in ``skipped``. Returns ``score`` and its parts."""
+    texts = _read_texts(spec["loss_on"], spec["text_column"], spec["limit"])
+    task = _loss_task(path, scoring)
+    t0 = time.time()
+    cols = task(texts)
+    p = task.column_prefix
+    nats = cols[p + "lm_loss_sum"].to_numpy(zero_copy_only=False).astype(np.float64)
+    chars = cols[p + "lm_chars"].to_numpy(zero_copy_only=False).astype(np.float64)
+    del task
+    present = ~np.isnan(chars)                      # null texts give null outputs
+    ok = present & np.isfinite(nats)
+    bits = float(nats[ok].sum() / np.log(2.0))
+    n_chars = int(chars[ok].sum())
+    bpc = bits / n_chars if n_chars > 0 else float("nan")
+    return {"score": -bpc, "loss_on": spec["loss_on"], "text_column": spec["text_column"],
+            "limit": spec["limit"], "rows": len(texts), "documents": int(ok.sum()),
+            "skipped": int((present & ~ok).sum()), "characters": n_chars, "bits": bits, "bpc": bpc,
+            "seconds": round(time.time() - t0, 3)}
+
+
+def _measure_scores(cfg: dict, log) -> tuple[list[float], list[Optional[dict]]]:
+    """The models' scores: given ones as they are, ``{loss_on: ...}`` ones measured (one log line
+    per model); refuses a score that cannot be measured and measured scores that are all equal."""
+    models = cfg["models"]
+    if not isinstance(models[0]["score"], dict):
+        return [float(m["score"]) for m in models], [None] * len(models)
+    measured = []
+    for j, m in enumerate(models):
+        r = measure_score(m["path"], m["score"], cfg["scoring"])
+        if not r["characters"]:
+            raise ConfigError(f"models[{j}].score.loss_on",
+                              f"no text to measure: column {r['text_column']!r} of {r['loss_on']!r} has no scored "
+                              f"characters in its {r['rows']:,} rows read ({r['skipped']:,} documents without a "
+                              f"finite loss)")
+        skipped = f", {r['skipped']:,} skipped without a finite loss" if r["skipped"] else ""
+        log(f"preselect: model {j} {m['path']}: score {r['score']:.6f} = -({r['bits']:,.1f} bits / "
+            f"{r['characters']:,} characters) on {r['loss_on']} ({r['documents']:,} documents{skipped})")
+        measured.append(r)
+    if len({r["score"] for r in measured}) < 2:
+        raise ConfigError("models", "all models have the same score: there is no ranking to agree with "
+                                    f"(measured: {measured[0]['score']:.6f} for all, on {measured[0]['loss_on']})")
+    return [r["score"] for r in measured], measured
 
 
 def _refuse_degenerate(cfg: dict, n_docs: int, strength: np.ndarray, linfo: dict,
@@ -178,8 +328,7 @@ def sample_documents(path: str, text_column: str, id_column: Optional[str], size
 
 
 def model_bpc(path: str, texts: pa.Array, scoring: dict) -> tuple[np.ndarray, dict]:
-    from thresher.scorers.models.tasks import build_task
-    task = build_task("causal_lm_loss", path, **scoring)
+    task = _loss_task(path, scoring)
     t0 = time.time()
     cols = task(texts)
     bpc = cols["lm_bpc"].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -209,6 +358,7 @@ def train(raw: dict, log=print) -> dict:
     out = cfg["output"]
     inp = cfg["input"]
     t0 = time.time()
+    scores, measured = _measure_scores(cfg, log)
     docs = sample_documents(inp["path"], inp["text_column"], inp.get("id_column"), cfg["sample"]["size"],
                             cfg["sample"]["seed"])
     log(f"preselect: sampled {docs.num_rows:,} documents")
@@ -218,9 +368,11 @@ def train(raw: dict, log=print) -> dict:
     for j, m in enumerate(cfg["models"]):
         losses[:, j], info = model_bpc(m["path"], texts, cfg["scoring"])
         model_info.append({"path": m["path"], "name": m.get("name", os.path.basename(m["path"].rstrip("/"))),
-                           "score": m["score"], "mean_bpc": float(np.nanmean(losses[:, j])), **info})
+                           "score": m["score"] if measured[j] is None else scores[j],
+                           **({} if measured[j] is None else {"score_measured": measured[j]}),
+                           "mean_bpc": float(np.nanmean(losses[:, j])), **info})
         log(f"preselect: model {j} {m['path']}: mean bpc {model_info[-1]['mean_bpc']:.4f}")
-    strength, conc, pairs = predictive_strength(losses, [m["score"] for m in cfg["models"]])
+    strength, conc, pairs = predictive_strength(losses, scores)
     ids = docs["id"].to_pylist()
     pos, neg, linfo = select_labels(strength, ids)
     _refuse_degenerate(cfg, docs.num_rows, strength, linfo)
