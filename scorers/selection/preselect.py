@@ -57,6 +57,14 @@ class PreSelect(ScoreThenSelect):
     positives or negatives, one class empty, or a validation split (`validation_fraction`,
     default 0.1) with fewer than 5 documents of a class; the card records whether the validation
     accuracy beats chance.
+
+    Each model's downstream score is a number in the config, or measured by the command:
+    `score: {loss_on: target.parquet}` (optional `text_column`, default `text`, and `limit`, the
+    first N rows) is −(total bits / total characters) of that model on that file, computed with
+    the labels' own `causal_lm_loss` task and `scoring:` settings (character-weighted, not a
+    mean of per-document ratios). Every model takes the same form and measured scores the same
+    texts (a mix is refused before any model runs); `card.json` records each measured score
+    under `score_measured`.
     """
 
     name = "preselect"
