@@ -14,6 +14,7 @@ import shutil
 import sys
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ARMS = {  # arm in gpu.yaml: the CPU run whose kept output it is
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         files = sorted(glob.glob(os.path.join(d, "*.parquet")))
         t = pa.concat_tables([pq.read_table(f, columns=["id", "text"]) for f in files])
         pq.write_table(t, os.path.join(a.out, "kept", f"{arm}.parquet"), compression="zstd")
-        print(f"{arm}: {t.num_rows:,} documents, {sum(len(s) for s in t['text'].to_pylist()):,} chars")
+        print(f"{arm}: {t.num_rows:,} documents, {pc.sum(pc.utf8_length(t['text'])).as_py():,} chars")
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(a.out) for f in fs)
     print(f"{a.out}: {size / 2**20:.1f} MiB")
     return 0

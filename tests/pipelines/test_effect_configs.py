@@ -49,18 +49,22 @@ def test_shipped_config_passes_the_check(path, parquet, tmp_path, monkeypatch):
 
 def test_gpu_config_is_a_100m_bf16_model(parquet, tmp_path):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from thresher.scorers.training.lm import new_causal_lm
+
+    class Vocab:                                # what new_causal_lm reads of a tokenizer
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return m["vocab_size"]
 
     raw = yaml.safe_load(open(os.path.join(ROOT, "benchmarks", "effect", "gpu.yaml")))
     cfg = check_config({**_remap(raw, parquet), "output": str(tmp_path / "out")})
     m = cfg["model"]
     assert (m["device"], m["precision"]) == ("cuda", "bf16")
     assert set(cfg["arms"]) >= {"random", "default", "preselect"}          # the three arms at least
-    with torch.device("meta"):                  # the shape new_causal_lm builds, without allocating it
-        lm = LlamaForCausalLM(LlamaConfig(vocab_size=m["vocab_size"], hidden_size=m["hidden"],
-                                          intermediate_size=m["hidden"] * 2, num_hidden_layers=m["layers"],
-                                          num_attention_heads=m["heads"], max_position_embeddings=m["context"],
-                                          tie_word_embeddings=True))
+    with torch.device("meta"):                  # the model the experiment builds, without allocating it
+        lm = new_causal_lm(Vocab(), hidden=m["hidden"], layers=m["layers"], heads=m["heads"], context=m["context"])
     params = sum(p.numel() for p in lm.parameters())
     assert 90e6 < params < 115e6, params
     assert cfg["train_tokens"] == 1_597_440
